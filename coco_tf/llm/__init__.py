@@ -1,0 +1,1 @@
+"""LLM utilities: presets, weight conversion, tokenizers, item text table."""

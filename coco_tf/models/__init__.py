@@ -1,0 +1,1 @@
+"""Models: recommender backbones (query towers), retrieval models, and the decoder LLM backbone."""

@@ -1,0 +1,1 @@
+"""Losses for retrieval training (TFRS tasks and full softmax)."""

@@ -1,0 +1,1 @@
+"""Training loops: local trainer (and the parameter-server trainer)."""
