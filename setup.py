@@ -19,6 +19,7 @@ setup(
     install_requires=[
         "tensorflow==2.21.*",
         "tf-keras==2.21.*",
+        "tensorboard>=2.20",
         "tensorflow-recommenders==0.7.7",
         "keras-nlp==0.32.*",
         "numpy>=1.26",

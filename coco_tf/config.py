@@ -1,0 +1,366 @@
+"""Typed configuration tree.
+
+The defaults live here, in dataclasses; YAML files under ``configs/`` hold
+overrides only, and ``--set dotted.key=value`` overrides those. Every field
+carries a one-line ``help`` (shown by ``python -m coco_tf.config``), and fields
+with a closed set of values declare them in ``choices``.
+
+Example:
+
+>>> cfg = load_config(overrides=["train.epochs=3", "model.backbone=sasrec"])
+>>> cfg.train.epochs
+3
+
+Unknown keys and bad values raise :class:`ConfigError`, whose message names the
+dotted key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import typing
+from typing import Any, Dict, List, Optional, Sequence
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key is unknown, or its value has the wrong type or is not allowed."""
+
+
+def _field(default, help: str, choices: Optional[Sequence[Any]] = None, **kw):
+    meta = {"help": help}
+    if choices is not None:
+        meta["choices"] = tuple(choices)
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta, **kw)
+    return dataclasses.field(default=default, metadata=meta, **kw)
+
+
+@dataclasses.dataclass
+class DataConfig:
+    source: str = _field(
+        "synthetic",
+        "where interactions come from: the built-in synthetic catalog, the text format "
+        "(sequences.txt + items.tsv), or raw Amazon 2014 review/meta files",
+        choices=("synthetic", "text", "amazon_raw"),
+    )
+    path: str = _field("", "directory of the dataset files (source=text or amazon_raw)")
+    category: str = _field(
+        "Beauty", "Amazon category for source=amazon_raw: reads reviews_<category>_5.json.gz and meta_<category>.json.gz"
+    )
+    k_core: int = _field(5, "source=amazon_raw: keep users and items with at least this many interactions")
+    max_len: int = _field(50, "maximum history length fed to the model (most recent items kept)")
+    on_bad_line: str = _field(
+        "error",
+        "a malformed input line: raise an error naming file and line, or skip it and report the count",
+        choices=("error", "skip"),
+    )
+    synthetic_num_users: int = _field(6000, "synthetic catalog: number of users")
+    synthetic_num_items: int = _field(1500, "synthetic catalog: number of items")
+    synthetic_min_len: int = _field(5, "synthetic catalog: shortest user sequence")
+    synthetic_max_len: int = _field(30, "synthetic catalog: longest user sequence")
+    synthetic_seed: int = _field(7, "synthetic catalog: generator seed (the catalog is deterministic by seed)")
+    bucket_by_length: bool = _field(
+        True, "training batches group users of similar history length and are padded to the batch's own length"
+    )
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    backbone: str = _field("sasrec", "sequential recommender backbone (query tower)", choices=("sasrec",))
+    embedding_dim: int = _field(64, "item embedding / hidden size d of the backbone")
+    num_blocks: int = _field(2, "transformer blocks in the backbone")
+    num_heads: int = _field(1, "attention heads per block")
+    ffn_dim: int = _field(0, "feed-forward inner size; 0 means equal to embedding_dim (SASRec's point-wise FFN)")
+    dropout: float = _field(0.5, "dropout rate on embeddings, attention and feed-forward")
+    item_text: bool = _field(False, "candidate tower adds the projected item text vector to the id embedding")
+
+
+@dataclasses.dataclass
+class LLMConfig:
+    preset: str = _field(
+        "tiny", "decoder shape preset", choices=("tiny", "qwen3_0.6b", "qwen3_1.7b", "qwen3_4b", "qwen3_8b")
+    )
+    checkpoint: str = _field("", "local directory of converted decoder weights (empty: random tiny decoder)")
+    lora_rank: int = _field(8, "LoRA rank r on the query and value projections")
+    lora_alpha: float = _field(16.0, "LoRA scaling alpha (update scaled by alpha / r)")
+    lora_dropout: float = _field(0.05, "dropout on the LoRA branch input")
+    cache_dir: str = _field("", "where the item text table is cached (empty: <model_dir>/cache)")
+
+
+@dataclasses.dataclass
+class CoCoConfig:
+    method: str = _field("base", "base recommender, KAR baseline, or CoCo", choices=("base", "kar", "coco"))
+    ablation: str = _field(
+        "none",
+        "CoCo ablation: fixed structured prompts (soft), no decoupling (dec), no LoRA update (con)",
+        choices=("none", "soft", "dec", "con"),
+    )
+    fusion: str = _field("attention", "alignment fusion (paper Table 7)", choices=("attention", "mlp", "concat"))
+    codebook_size: int = _field(64, "K, soft prompts in the VQ codebook")
+    num_shared_prompts: int = _field(2, "shared prompts z_share placed before the private ones")
+    threshold: float = _field(0.45, "theta, the selection threshold")
+    max_prompts: int = _field(32, "m_max, at most this many private prompts per user")
+    selection: str = _field("cosine", "selection rule", choices=("cosine", "softmax"))
+    codebook_init: str = _field("llm", "codebook initialisation", choices=("llm", "random"))
+    alpha: float = _field(0.2, "weight of L_aux (eq. 11)")
+    beta: float = _field(0.15, "weight of L_ortho (eq. 11)")
+    gamma: float = _field(0.25, "weight of L_Q (eq. 11)")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    epochs: int = _field(30, "training epochs")
+    batch_size: int = _field(128, "users per training batch")
+    learning_rate: float = _field(1e-3, "Adam learning rate")
+    weight_decay: float = _field(0.0, "decoupled weight decay (AdamW); 0 means plain Adam")
+    loss: str = _field(
+        "full_softmax",
+        "retrieval loss: softmax over all items, or InfoNCE with in-batch negatives (TFRS Retrieval)",
+        choices=("full_softmax", "in_batch"),
+    )
+    temperature: float = _field(1.0, "logits are divided by this temperature")
+    seed: int = _field(42, "seed for initialisation, dropout and shuffling")
+    early_stopping_patience: int = _field(
+        0, "stop when validation NDCG@10 has not improved for this many evaluations (0: never)"
+    )
+    eval_every: int = _field(1, "validate every this many epochs")
+    keep_checkpoints: int = _field(3, "checkpoints kept by the CheckpointManager")
+    mixed_precision: bool = _field(False, "run matmuls in bfloat16 (variables stay float32)")
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    ks: List[int] = _field([5, 10, 20], "cut-offs K for Recall@K and NDCG@K")
+    batch_size: int = _field(512, "users per evaluation batch")
+    exclude_history: bool = _field(False, "rank history items below all others (the target itself is kept)")
+
+
+@dataclasses.dataclass
+class RuntimeConfig:
+    strategy: str = _field("local", "distribution strategy", choices=("local", "ps"))
+    model_dir: str = _field("runs/default", "where checkpoints, TensorBoard events, config.yaml and metrics.json go")
+    progress: bool = _field(True, "show a progress bar while training")
+    threads: int = _field(0, "TensorFlow intra-op threads (0: TensorFlow's default)")
+
+
+@dataclasses.dataclass
+class Config:
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    llm: LLMConfig = dataclasses.field(default_factory=LLMConfig)
+    coco: CoCoConfig = dataclasses.field(default_factory=CoCoConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _section_types(cls) -> Dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(key: str, value: Any, type_, choices) -> Any:
+    """Converts ``value`` (from YAML or a ``--set`` string) to ``type_``; raises ConfigError."""
+    origin = typing.get_origin(type_)
+    try:
+        if origin in (list, List):
+            (item_type,) = typing.get_args(type_)
+            if isinstance(value, str):
+                value = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
+            if not isinstance(value, (list, tuple)):
+                value = [value]
+            out = [_coerce(key, v, item_type, None) for v in value]
+        elif type_ is bool:
+            if isinstance(value, bool):
+                out = value
+            elif isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on"):
+                out = True
+            elif isinstance(value, str) and value.strip().lower() in ("false", "0", "no", "off"):
+                out = False
+            else:
+                raise ValueError(value)
+        elif type_ is int:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            out = int(value)
+        elif type_ is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            out = float(value)
+        elif type_ is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError(value)
+            out = "" if value is None else str(value)
+        else:  # pragma: no cover - every field above is one of these
+            out = value
+    except (TypeError, ValueError):
+        tname = getattr(type_, "__name__", str(type_))
+        raise ConfigError(f"config key '{key}': {value!r} is not a valid {tname}") from None
+    if choices is not None and out not in choices:
+        raise ConfigError(
+            f"config key '{key}': {out!r} is not allowed; allowed values: {', '.join(map(str, choices))}"
+        )
+    return out
+
+
+def _set(cfg: Config, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    sections = [f.name for f in dataclasses.fields(Config)]
+    if len(parts) != 2 or parts[0] not in sections:
+        raise ConfigError(
+            f"unknown config key '{dotted}'; keys are <section>.<name> with section one of: {', '.join(sections)}"
+        )
+    section = getattr(cfg, parts[0])
+    fields = {f.name: f for f in dataclasses.fields(section)}
+    if parts[1] not in fields:
+        raise ConfigError(
+            f"unknown config key '{dotted}'; keys in '{parts[0]}': {', '.join(sorted(fields))}"
+        )
+    f = fields[parts[1]]
+    type_ = _section_types(type(section))[f.name]
+    setattr(section, f.name, _coerce(dotted, value, type_, f.metadata.get("choices")))
+
+
+def apply_dict(cfg: Config, overrides: Dict[str, Any], source: str = "overrides") -> Config:
+    """Applies a nested ``{section: {key: value}}`` mapping (a parsed YAML file)."""
+    if overrides is None:
+        return cfg
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(overrides).__name__}")
+    for section, values in overrides.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section '{section}' must be a mapping of keys to values")
+        for key, value in values.items():
+            try:
+                _set(cfg, f"{section}.{key}", value)
+            except ConfigError as e:
+                raise ConfigError(f"{source}: {e}") from None
+    return cfg
+
+
+def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Config:
+    """Defaults, then the YAML file at ``path``, then ``overrides`` (``'a.b=value'`` strings)."""
+    cfg = Config()
+    if path:
+        if not os.path.exists(path):
+            raise ConfigError(f"config file not found: {path}")
+        with open(path, encoding="utf-8") as fh:
+            try:
+                data = yaml.safe_load(fh)
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        apply_dict(cfg, data or {}, source=path)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects dotted.key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        _set(cfg, key.strip(), value.strip())
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that a single key's type cannot express."""
+    positive = {
+        "data.max_len": cfg.data.max_len,
+        "model.embedding_dim": cfg.model.embedding_dim,
+        "model.num_heads": cfg.model.num_heads,
+        "train.epochs": cfg.train.epochs,
+        "train.batch_size": cfg.train.batch_size,
+        "eval.batch_size": cfg.eval.batch_size,
+        "train.eval_every": cfg.train.eval_every,
+        "train.keep_checkpoints": cfg.train.keep_checkpoints,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"config key '{key}': must be > 0, got {value}")
+    if cfg.model.embedding_dim % cfg.model.num_heads:
+        raise ConfigError(
+            f"config key 'model.num_heads': {cfg.model.num_heads} does not divide "
+            f"model.embedding_dim={cfg.model.embedding_dim}"
+        )
+    if not 0.0 <= cfg.model.dropout < 1.0:
+        raise ConfigError(f"config key 'model.dropout': must be in [0, 1), got {cfg.model.dropout}")
+    if cfg.train.temperature <= 0:
+        raise ConfigError(f"config key 'train.temperature': must be > 0, got {cfg.train.temperature}")
+    if not cfg.eval.ks or any(k <= 0 for k in cfg.eval.ks):
+        raise ConfigError(f"config key 'eval.ks': a non-empty list of positive integers, got {cfg.eval.ks}")
+    if cfg.data.source in ("text", "amazon_raw") and not cfg.data.path:
+        raise ConfigError(f"config key 'data.path': required when data.source={cfg.data.source}")
+    # Keys whose feature has not landed yet fail loudly instead of being ignored.
+    not_yet = {
+        "coco.method": (cfg.coco.method, "base", "CoCo and KAR (issue: CoCo end to end)"),
+        "runtime.strategy": (cfg.runtime.strategy, "local", "parameter-server training (issue: PS training)"),
+        "model.item_text": (cfg.model.item_text, False, "item text in the candidate tower (issue: CoCo end to end)"),
+    }
+    for key, (value, supported, what) in not_yet.items():
+        if value != supported:
+            raise ConfigError(
+                f"config key '{key}': {value!r} is not available in this version ({what}); "
+                f"only {supported!r} runs today"
+            )
+    if cfg.data.source == "synthetic" and cfg.data.synthetic_min_len < 3:
+        raise ConfigError("config key 'data.synthetic_min_len': must be >= 3 (train, validation and test items)")
+
+
+def dump_config(cfg: Config, path: str) -> None:
+    """Writes the resolved config as YAML, one comment line per key."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(to_yaml(cfg))
+
+
+def to_yaml(cfg: Config, comments: bool = True) -> str:
+    out = io.StringIO()
+    for section_field in dataclasses.fields(cfg):
+        section = getattr(cfg, section_field.name)
+        out.write(f"{section_field.name}:\n")
+        hints = _section_types(type(section))
+        for f in dataclasses.fields(section):
+            if comments:
+                out.write(f"  # {_type_name(hints[f.name], f)}: {f.metadata['help']}\n")
+            value = yaml.safe_dump(getattr(section, f.name), default_flow_style=True).strip()
+            if value.endswith("\n..."):
+                value = value[: -len("\n...")]
+            value = value.replace("\n...", "")
+            out.write(f"  {f.name}: {value}\n")
+    return out.getvalue()
+
+
+def _type_name(type_, f) -> str:
+    if f.metadata.get("choices"):
+        return " | ".join(map(str, f.metadata["choices"]))
+    if typing.get_origin(type_) in (list, List):
+        return f"list[{typing.get_args(type_)[0].__name__}]"
+    return type_.__name__
+
+
+def reference_markdown() -> str:
+    """The config reference table (README's 'Config reference' section)."""
+    cfg = Config()
+    lines = ["| key | type / allowed | default | meaning |", "|---|---|---|---|"]
+    for section_field in dataclasses.fields(cfg):
+        section = getattr(cfg, section_field.name)
+        hints = _section_types(type(section))
+        for f in dataclasses.fields(section):
+            tname = _type_name(hints[f.name], f).replace("|", "\\|")
+            default = getattr(section, f.name)
+            lines.append(
+                f"| `{section_field.name}.{f.name}` | {tname} | `{default!r}` | {f.metadata['help']} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m coco_tf.config: print the reference
+    print(reference_markdown())

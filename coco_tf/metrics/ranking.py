@@ -1,0 +1,87 @@
+"""Full-ranking evaluation: the target's rank among all items, Recall@K, NDCG@K.
+
+Ranks are 0-based and *pessimistic*: an item that ties with the target counts
+as ranked above it, so a model that scores every item the same gets rank
+``num_items - 1`` rather than a perfect rank 0. Padding (id 0) is never ranked.
+
+For one example with rank ``r``:
+
+* ``Recall@K = 1[r < K]`` (one relevant item, so Recall@K equals HitRate@K);
+* ``NDCG@K = 1[r < K] / log2(r + 2)``.
+
+K may exceed the catalog size; every rank is then below K.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Iterable, Optional
+
+import numpy as np
+import tensorflow as tf
+
+
+def target_ranks(
+    scores: tf.Tensor, targets: tf.Tensor, history: Optional[tf.Tensor] = None
+) -> tf.Tensor:
+    """Pessimistic 0-based rank of each target.
+
+    Args:
+      scores: float ``[B, num_items + 1]``; column 0 is padding and is ignored.
+      targets: int ``[B]`` item ids in ``1..num_items``.
+      history: optional int ``[B, T]``; when given, history items other than the
+        target are ranked below every other item (``eval.exclude_history``).
+
+    Returns:
+      int32 ``[B]``; a NaN target score gets the worst rank ``num_items``.
+    """
+    scores = tf.convert_to_tensor(scores)
+    targets = tf.cast(targets, tf.int32)
+    num_cols = tf.shape(scores)[1]
+    neg_inf = tf.constant(-np.inf, scores.dtype)
+    is_item = tf.range(num_cols) > 0
+    scores = tf.where(is_item[tf.newaxis, :], scores, neg_inf)
+    if history is not None:
+        history = tf.cast(history, tf.int32)
+        batch = tf.shape(history)[0]
+        rows = tf.tile(tf.range(batch)[:, tf.newaxis], [1, tf.shape(history)[1]])
+        # Items of the history other than the target (padding id 0 is already -inf).
+        drop = (history != targets[:, tf.newaxis]) & (history > 0)
+        idx = tf.stack([tf.boolean_mask(rows, drop), tf.boolean_mask(history, drop)], axis=1)
+        scores = tf.tensor_scatter_nd_update(scores, idx, tf.fill([tf.shape(idx)[0]], neg_inf))
+    target_score = tf.gather(scores, targets, batch_dims=1)
+    at_or_above = tf.reduce_sum(tf.cast(scores >= target_score[:, tf.newaxis], tf.int32), axis=1)
+    rank = at_or_above - 1  # the target itself is always counted
+    worst = num_cols - 1
+    return tf.where(tf.math.is_nan(target_score), worst, tf.maximum(rank, 0))
+
+
+class RankingMetrics:
+    """Accumulates ranks over batches; ``result()`` gives Recall@K and NDCG@K."""
+
+    def __init__(self, ks: Iterable[int] = (5, 10, 20)):
+        self.ks = sorted(set(int(k) for k in ks))
+        self.reset()
+
+    def reset(self) -> None:
+        self._ranks = []
+
+    def update(self, ranks) -> None:
+        self._ranks.append(np.asarray(ranks).reshape(-1))
+
+    @property
+    def count(self) -> int:
+        return int(sum(len(r) for r in self._ranks))
+
+    def result(self) -> Dict[str, float]:
+        ranks = np.concatenate(self._ranks) if self._ranks else np.zeros(0, np.int64)
+        return metrics_from_ranks(ranks, self.ks)
+
+
+def metrics_from_ranks(ranks: np.ndarray, ks: Iterable[int]) -> Dict[str, float]:
+    ranks = np.asarray(ranks, np.float64)
+    out: Dict[str, float] = {}
+    for k in sorted(set(ks)):
+        hit = ranks < k
+        out[f"recall@{k}"] = float(hit.mean()) if len(ranks) else 0.0
+        out[f"ndcg@{k}"] = float((hit / np.log2(ranks + 2.0)).mean()) if len(ranks) else 0.0
+    return out

@@ -1,0 +1,101 @@
+"""The sequential retrieval model: a TFRS two-tower model.
+
+* candidate tower: the item-id embedding table ``E [num_items + 1, d]`` (row 0
+  is padding and is never scored);
+* query tower: a registered backbone (``model.backbone``) that reads the same
+  table for its inputs;
+* task: :class:`coco_tf.tasks.retrieval.NextItemRetrieval` (``train.loss``).
+
+One example from data to loss::
+
+    features = {"history": int64 [B, T], "targets": int64 [B, T]}   # pipeline.py
+    queries, target_ids = backbone.training_queries(features)       # [N, d], [N]
+    loss = mean(task(queries, target_ids, E))                       # scalar
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+import tf_keras as keras
+
+from coco_tf.config import Config
+from coco_tf.models.registry import get_backbone
+from coco_tf.tasks.retrieval import NextItemRetrieval
+
+
+class SequentialRetrievalModel(tfrs.Model):
+    """Two-tower next-item retrieval model.
+
+    Example:
+
+    >>> model = SequentialRetrievalModel(num_items=1000, backbone="sasrec", embedding_dim=64)
+    >>> loss = model.compute_loss({"history": h, "targets": t}, training=True)
+    >>> user = model({"history": h})          # [B, 64]
+    >>> scores = model.score_all(user)         # [B, 1001], column 0 = padding
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        backbone: str = "sasrec",
+        embedding_dim: int = 64,
+        max_len: int = 50,
+        loss: str = "full_softmax",
+        temperature: float = 1.0,
+        backbone_kwargs=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_items = num_items
+        self.embedding_dim = embedding_dim
+        self.item_embedding = keras.layers.Embedding(
+            num_items + 1,
+            embedding_dim,
+            embeddings_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+            name="item_embedding",
+        )
+        self.backbone = get_backbone(backbone)(
+            self.item_embedding, max_len=max_len, hidden_dim=embedding_dim, name=backbone, **(backbone_kwargs or {})
+        )
+        self.task = NextItemRetrieval(loss, temperature, name="retrieval")
+
+    def item_table(self) -> tf.Tensor:
+        """``[num_items + 1, d]`` candidate embeddings (works for sharded tables too)."""
+        if not self.item_embedding.built:
+            self.item_embedding.build(None)
+        emb = self.item_embedding.embeddings
+        if hasattr(emb, "variables") and isinstance(getattr(emb, "variables"), (list, tuple)):
+            return tf.concat([tf.convert_to_tensor(v) for v in emb.variables], axis=0)
+        return tf.convert_to_tensor(emb)
+
+    def call(self, features, training=None):
+        history = features["history"] if isinstance(features, dict) else features
+        return self.backbone(history, training=training)
+
+    def compute_loss(self, features, training=False) -> tf.Tensor:
+        queries, targets = self.backbone.training_queries(features, training=training)
+        per_example = self.task(queries, targets, self.item_table())
+        return tf.reduce_mean(per_example)
+
+    def score_all(self, user: tf.Tensor) -> tf.Tensor:
+        return tf.matmul(user, self.item_table(), transpose_b=True)
+
+
+def build_model(cfg: Config, num_items: int) -> SequentialRetrievalModel:
+    m = cfg.model
+    return SequentialRetrievalModel(
+        num_items=num_items,
+        backbone=m.backbone,
+        embedding_dim=m.embedding_dim,
+        max_len=cfg.data.max_len,
+        loss=cfg.train.loss,
+        temperature=cfg.train.temperature,
+        backbone_kwargs={
+            "num_blocks": m.num_blocks,
+            "num_heads": m.num_heads,
+            "ffn_dim": m.ffn_dim,
+            "dropout": m.dropout,
+        },
+        name="sequential_retrieval",
+    )

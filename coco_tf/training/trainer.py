@@ -1,0 +1,256 @@
+"""Single-process trainer: epochs, validation, best-checkpoint test, resume.
+
+Layout of ``model_dir``::
+
+    config.yaml      the resolved config
+    ckpt/            latest checkpoints (model, optimizer, epoch), keep N; resume point
+    best/            the model with the best validation NDCG@10
+    tensorboard/     loss every 50 steps, validation metrics every evaluation
+    metrics.json     {"valid": {...}, "test": {...}, "examples_per_sec": ..., "wall_seconds": ...}
+
+An interrupted run started again with the same ``model_dir`` resumes after its
+last finished epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Dict, Optional
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+from absl import logging
+
+from coco_tf.config import Config, dump_config
+from coco_tf.data.loader import load_dataset
+from coco_tf.data.pipeline import eval_dataset, train_dataset, training_examples
+from coco_tf.data.split import EvalSet, leave_one_out
+from coco_tf.metrics.ranking import RankingMetrics, target_ranks
+from coco_tf.models.retrieval_model import build_model
+
+SELECTION_METRIC = "ndcg@10"
+
+
+def make_optimizer(cfg: Config) -> keras.optimizers.Optimizer:
+    if cfg.train.weight_decay > 0:
+        return keras.optimizers.AdamW(learning_rate=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
+    return keras.optimizers.Adam(learning_rate=cfg.train.learning_rate)
+
+
+def count_batches(lengths: np.ndarray, batch_size: int, max_len: int, bucket: bool) -> int:
+    """Batches per epoch of :func:`train_dataset` (for the progress bar)."""
+    if not bucket:
+        return int(math.ceil(len(lengths) / batch_size))
+    boundaries = [b for b in (3, 5, 8, 12, 20, 30, 40) if b < max_len]
+    bucket_ids = np.searchsorted(boundaries, lengths, side="right")
+    return int(sum(math.ceil(c / batch_size) for c in np.bincount(bucket_ids) if c))
+
+
+class Evaluator:
+    """Full-ranking evaluation of a model's user vectors against all items."""
+
+    def __init__(self, model, ks, max_len: int, batch_size: int, exclude_history: bool = False):
+        self.model = model
+        self.ks = ks
+        self.max_len = max_len
+        self.batch_size = batch_size
+        self.exclude_history = exclude_history
+        spec = {
+            "history": tf.TensorSpec([None, None], tf.int64),
+            "target": tf.TensorSpec([None], tf.int64),
+        }
+        self._step = tf.function(self._ranks, input_signature=[spec])
+
+    def _ranks(self, batch):
+        user = self.model({"history": batch["history"]}, training=False)
+        scores = self.model.score_all(user)
+        history = batch["history"] if self.exclude_history else None
+        return target_ranks(scores, batch["target"], history)
+
+    def evaluate(self, eval_set: EvalSet) -> Dict[str, float]:
+        metrics = RankingMetrics(self.ks)
+        for batch in eval_dataset(eval_set, self.max_len, self.batch_size):
+            metrics.update(self._step(batch).numpy())
+        return metrics.result()
+
+
+class Trainer:
+    """Trains ``cfg`` end to end; :meth:`run` returns the metrics.json content."""
+
+    def __init__(self, cfg: Config, dataset=None):
+        self.cfg = cfg
+        self.model_dir = cfg.runtime.model_dir
+        os.makedirs(self.model_dir, exist_ok=True)
+        if cfg.runtime.threads:
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(cfg.runtime.threads)
+            except RuntimeError:  # already initialised in this process
+                pass
+        keras.utils.set_random_seed(cfg.train.seed)
+        dump_config(cfg, os.path.join(self.model_dir, "config.yaml"))
+
+        self.dataset = dataset if dataset is not None else load_dataset(cfg.data)
+        logging.info("data: %s", self.dataset.describe())
+        if self.dataset.skipped.total:
+            logging.warning(self.dataset.skipped.summary())
+        self.split = leave_one_out(self.dataset.sequences)
+        if self.split.train_only_users:
+            logging.warning(
+                "%d users have fewer than 3 items: used for training only, not evaluated",
+                self.split.train_only_users,
+            )
+        self.model = build_model(cfg, self.dataset.num_items)
+        self.optimizer = make_optimizer(cfg)
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.best_score = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_score")
+        self.stale_evals = tf.Variable(0, dtype=tf.int64, trainable=False, name="stale_evals")
+        self.checkpoint = tf.train.Checkpoint(
+            model=self.model,
+            optimizer=self.optimizer,
+            epoch=self.epoch,
+            best_score=self.best_score,
+            stale_evals=self.stale_evals,
+        )
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, os.path.join(self.model_dir, "ckpt"), max_to_keep=cfg.train.keep_checkpoints
+        )
+        self.best_manager = tf.train.CheckpointManager(
+            tf.train.Checkpoint(model=self.model, epoch=self.epoch), os.path.join(self.model_dir, "best"), max_to_keep=1
+        )
+        self.evaluator = Evaluator(
+            self.model, cfg.eval.ks, cfg.data.max_len, cfg.eval.batch_size, cfg.eval.exclude_history
+        )
+        spec = {
+            "history": tf.TensorSpec([None, None], tf.int64),
+            "targets": tf.TensorSpec([None, None], tf.int64),
+        }
+        self._train_step = tf.function(self._step, input_signature=[spec])
+        self.writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "tensorboard"))
+
+    # ------------------------------------------------------------------ steps
+
+    def _step(self, batch):
+        with tf.GradientTape() as tape:
+            loss = self.model.compute_loss(batch, training=True)
+        variables = self.model.trainable_variables
+        grads = tape.gradient(loss, variables)
+        self.optimizer.apply_gradients(zip(grads, variables))
+        return loss
+
+    def _build(self):
+        """Creates model and optimizer variables so that a checkpoint can restore into them."""
+        dummy = {"history": tf.ones([1, 2], tf.int64), "targets": tf.ones([1, 2], tf.int64)}
+        self.model(dummy, training=False)
+        self.optimizer.build(self.model.trainable_variables)
+        del dummy
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self) -> Dict:
+        cfg = self.cfg
+        t0 = time.time()
+        self._build()
+        if self.manager.latest_checkpoint:
+            self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+            logging.info("resumed from %s (epoch %d)", self.manager.latest_checkpoint, int(self.epoch.numpy()))
+
+        ds = train_dataset(
+            self.split.train, cfg.data.max_len, cfg.train.batch_size, cfg.train.seed, cfg.data.bucket_by_length
+        )
+        hist, _ = training_examples(self.split.train, cfg.data.max_len)
+        lengths = np.array([len(h) for h in hist])
+        steps_per_epoch = count_batches(lengths, cfg.train.batch_size, cfg.data.max_len, cfg.data.bucket_by_length)
+        history_path = os.path.join(self.model_dir, "history.json")
+        history = json.load(open(history_path)) if os.path.exists(history_path) else []
+
+        train_seconds, train_examples = 0.0, 0
+        step = int(self.optimizer.iterations.numpy())
+        while int(self.epoch.numpy()) < cfg.train.epochs:
+            epoch = int(self.epoch.numpy()) + 1
+            bar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss"], verbose=1 if cfg.runtime.progress else 0)
+            if cfg.runtime.progress:
+                print(f"Epoch {epoch}/{cfg.train.epochs}")
+            te = time.time()
+            for i, batch in enumerate(ds):
+                loss_value = float(self._train_step(batch))
+                step += 1
+                if step % 50 == 0:
+                    with self.writer.as_default():
+                        tf.summary.scalar("train/loss", loss_value, step=step)
+                bar.update(i + 1, [("loss", loss_value)])
+            train_seconds += time.time() - te
+            train_examples += len(lengths)
+            self.epoch.assign(epoch)
+            record = {"epoch": epoch, "loss": loss_value, "train_seconds": round(time.time() - te, 2)}
+
+            stop = False
+            if epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs:
+                valid = self.evaluator.evaluate(self.split.valid)
+                record["valid"] = valid
+                with self.writer.as_default():
+                    for k, v in valid.items():
+                        tf.summary.scalar(f"valid/{k}", v, step=step)
+                score = valid[SELECTION_METRIC]
+                if score > float(self.best_score.numpy()):
+                    self.best_score.assign(score)
+                    self.stale_evals.assign(0)
+                    self.best_manager.save(checkpoint_number=epoch)
+                else:
+                    self.stale_evals.assign_add(1)
+                patience = cfg.train.early_stopping_patience
+                stop = patience > 0 and int(self.stale_evals.numpy()) >= patience
+                if cfg.runtime.progress:
+                    print(
+                        f"  valid: "
+                        + "  ".join(f"{k}={v:.4f}" for k, v in valid.items() if k.endswith(("@10", "@5")))
+                        + f"  (best {SELECTION_METRIC}={float(self.best_score.numpy()):.4f})"
+                    )
+            history.append(record)
+            self.manager.save(checkpoint_number=epoch)
+            with open(history_path, "w") as fh:
+                json.dump(history, fh, indent=1)
+            self.writer.flush()
+            if stop:
+                logging.info("early stopping after epoch %d", epoch)
+                break
+
+        return self._finish(t0, train_seconds, train_examples, history)
+
+    def _finish(self, t0: float, train_seconds: float, train_examples: int, history) -> Dict:
+        if self.best_manager.latest_checkpoint:
+            tf.train.Checkpoint(model=self.model).restore(self.best_manager.latest_checkpoint).expect_partial()
+            best_epoch = int(self.best_manager.latest_checkpoint.rsplit("-", 1)[-1])
+        else:
+            best_epoch = int(self.epoch.numpy())
+        valid = self.evaluator.evaluate(self.split.valid)
+        test = self.evaluator.evaluate(self.split.test)
+        result = {
+            "valid": valid,
+            "test": test,
+            "best_epoch": best_epoch,
+            "epochs_run": int(self.epoch.numpy()),
+            "examples_per_sec": round(train_examples / train_seconds, 1) if train_seconds else None,
+            "train_seconds": round(train_seconds, 2),
+            "wall_seconds": round(time.time() - t0, 2),
+            "dataset": self.dataset.describe(),
+        }
+        with open(os.path.join(self.model_dir, "metrics.json"), "w") as fh:
+            json.dump(result, fh, indent=2)
+        return result
+
+
+def format_table(result: Dict) -> str:
+    """The metrics table the CLI prints."""
+    keys = list(result["test"])
+    ks = sorted({int(k.split("@")[1]) for k in keys})
+    head = "| split | " + " | ".join(f"R@{k} | N@{k}" for k in ks) + " |"
+    rule = "|---|" + "---|---|" * len(ks)
+    rows = [head, rule]
+    for split in ("valid", "test"):
+        m = result[split]
+        rows.append(f"| {split} | " + " | ".join(f"{m[f'recall@{k}']:.4f} | {m[f'ndcg@{k}']:.4f}" for k in ks) + " |")
+    return "\n".join(rows)
