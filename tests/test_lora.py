@@ -92,6 +92,14 @@ def test_only_lora_variables_are_trainable():
     assert len(tuned.non_trainable_variables) == len(tuned.weight_map(include_lora=False))
 
 
+def test_trainable_toggle_keeps_the_base_frozen():
+    _, tuned = _pair()
+    tuned.trainable = False  # e.g. a frozen-LLM baseline
+    assert tuned.trainable_variables == []
+    tuned.trainable = True
+    assert {id(v) for v in tuned.trainable_variables} == {id(v) for v in tuned.lora_variables}
+
+
 def test_lora_layers_selects_blocks():
     _, tuned = _pair(lora_layers=[1])
     names = sorted(tuned.lora_weight_map())

@@ -232,6 +232,18 @@ class QwenBackbone(keras.Model):
             self._freeze_base()
 
     # ------------------------------------------------------------------ structure
+    @property
+    def trainable(self):
+        return keras.Model.trainable.fget(self)
+
+    @trainable.setter
+    def trainable(self, value):
+        # tf_keras propagates `trainable` to every sublayer; with LoRA, turning the
+        # backbone back on must re-freeze the base, not unfreeze it.
+        keras.Model.trainable.fset(self, value)
+        if value and getattr(self, "lora_rank", 0) > 0 and getattr(self, "built", False):
+            self._freeze_base()
+
     def _freeze_base(self):
         """Make every non-LoRA variable non-trainable."""
         self.token_embedding.trainable = False
