@@ -3,7 +3,6 @@
 import coco_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 
 import json
-import os
 
 import numpy as np
 import pytest

@@ -412,7 +412,11 @@ class QwenBackbone(keras.Model):
         self._assign(self.weight_map(include_lora=False), arrays, what=what)
 
     def save_pretrained(self, directory, source=None):
-        """Write ``config.json`` + ``weights.h5`` (base weights; LoRA merged first if asked by caller)."""
+        """Write ``config.json`` + ``weights.h5`` with the base weights only.
+
+        LoRA weights are not included: call ``merge_lora()`` first to export a
+        tuned decoder as plain weights, or save them with ``save_lora_weights``.
+        """
         os.makedirs(directory, exist_ok=True)
         config = self.get_config()
         for key in ("name", "trainable", "dtype", "lora_rank", "lora_alpha", "lora_dropout", "lora_layers"):
