@@ -129,6 +129,11 @@ class TrainConfig:
     )
     eval_every: int = _field(1, "validate every this many epochs")
     keep_checkpoints: int = _field(3, "checkpoints kept by the CheckpointManager")
+    checkpoint_every_steps: int = _field(
+        0,
+        "runtime.strategy=ps: the chief also checkpoints every this many steps within an epoch, bounding the "
+        "work lost when a PS or the chief dies (0: only at epoch ends)",
+    )
     mixed_precision: bool = _field(False, "run matmuls in bfloat16 (variables stay float32)")
 
 
@@ -141,7 +146,27 @@ class EvalConfig:
 
 @dataclasses.dataclass
 class RuntimeConfig:
-    strategy: str = _field("local", "distribution strategy", choices=("local", "ps"))
+    strategy: str = _field(
+        "local",
+        "distribution strategy: one process, or ParameterServerStrategy from TF_CONFIG (the chief runs "
+        "coco_tf.train; see launch/run_cluster.sh)",
+        choices=("local", "ps"),
+    )
+    ps_partitioner: str = _field(
+        "min_size",
+        "runtime.strategy=ps: how variables are split across PS tasks: shards of at least "
+        "partitioner_min_shard_bytes (small variables stay whole), or ps_shards shards for every variable",
+        choices=("min_size", "fixed"),
+    )
+    ps_shards: int = _field(
+        0, "runtime.strategy=ps: most shards per variable (0: the number of PS tasks)"
+    )
+    partitioner_min_shard_bytes: int = _field(
+        256 << 10, "runtime.strategy=ps, ps_partitioner=min_size: smallest shard in bytes"
+    )
+    steps_per_execution: int = _field(
+        1, "runtime.strategy=ps: train steps per scheduled function (fewer coordinator round trips)"
+    )
     model_dir: str = _field("runs/default", "where checkpoints, TensorBoard events, config.yaml and metrics.json go")
     progress: bool = _field(True, "show a progress bar while training")
     threads: int = _field(0, "TensorFlow intra-op threads (0: TensorFlow's default)")
@@ -281,6 +306,8 @@ def validate(cfg: Config) -> None:
         "eval.batch_size": cfg.eval.batch_size,
         "train.eval_every": cfg.train.eval_every,
         "train.keep_checkpoints": cfg.train.keep_checkpoints,
+        "runtime.steps_per_execution": cfg.runtime.steps_per_execution,
+        "runtime.partitioner_min_shard_bytes": cfg.runtime.partitioner_min_shard_bytes,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -301,7 +328,6 @@ def validate(cfg: Config) -> None:
     # Keys whose feature has not landed yet fail loudly instead of being ignored.
     not_yet = {
         "coco.method": (cfg.coco.method, "base", "CoCo and KAR (issue: CoCo end to end)"),
-        "runtime.strategy": (cfg.runtime.strategy, "local", "parameter-server training (issue: PS training)"),
         "model.item_text": (cfg.model.item_text, False, "item text in the candidate tower (issue: CoCo end to end)"),
     }
     for key, (value, supported, what) in not_yet.items():
@@ -310,6 +336,10 @@ def validate(cfg: Config) -> None:
                 f"config key '{key}': {value!r} is not available in this version ({what}); "
                 f"only {supported!r} runs today"
             )
+    for key, value in (("train.checkpoint_every_steps", cfg.train.checkpoint_every_steps),
+                       ("runtime.ps_shards", cfg.runtime.ps_shards)):
+        if value < 0:
+            raise ConfigError(f"config key '{key}': must be >= 0, got {value}")
     if cfg.data.source == "synthetic" and cfg.data.synthetic_min_len < 3:
         raise ConfigError("config key 'data.synthetic_min_len': must be >= 3 (train, validation and test items)")
 

@@ -10,6 +10,12 @@ Flags:
   --config PATH        YAML overrides of the defaults (see configs/).
   --set KEY=VALUE      override one key, repeatable (e.g. --set train.epochs=5).
   --model_dir DIR      output directory (same as --set runtime.model_dir=DIR).
+
+With ``--set runtime.strategy=ps`` this process is the chief of a
+parameter-server cluster described by ``TF_CONFIG`` (ps and worker tasks run
+``python -m coco_tf.training.server``); ``launch/run_cluster.sh`` starts them
+all. Exit status: 0 done, 2 bad config/data/TF_CONFIG, 3 the cluster failed
+(relaunch with the same model_dir to resume from the latest checkpoint).
 """
 
 from __future__ import annotations
@@ -42,10 +48,27 @@ def main(argv):
 
     from coco_tf.training.trainer import Trainer, format_table
 
+    import tensorflow as tf
+
     logging.set_verbosity(logging.INFO)
+    tf.get_logger().setLevel("WARNING")
+    # TF's checkpoint writer logs one absl INFO line per save; they drown the progress bar.
+    logging.get_absl_handler().addFilter(
+        lambda record: not record.pathname.endswith("functional_saver.py")
+    )
     try:
-        trainer = Trainer(cfg)
-        result = trainer.run()
+        if cfg.runtime.strategy == "ps":
+            from coco_tf.training.ps_trainer import ClusterFailure, PSTrainer
+
+            try:
+                trainer = PSTrainer(cfg)
+                result = trainer.run()
+            except ClusterFailure as e:
+                print(f"cluster error: {e}", file=sys.stderr)
+                return 3
+        else:
+            trainer = Trainer(cfg)
+            result = trainer.run()
     except (DataError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

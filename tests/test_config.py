@@ -34,7 +34,6 @@ def test_yaml_file_then_set(tmp_path):
         ("data.source=text", "config key 'data.path': required when data.source=text"),
         ("noequals", "--set expects dotted.key=value"),
         ("coco.method=coco", "config key 'coco.method': 'coco' is not available in this version"),
-        ("runtime.strategy=ps", "config key 'runtime.strategy': 'ps' is not available in this version"),
     ],
 )
 def test_bad_keys_and_values(override, expected):

@@ -59,6 +59,12 @@ class SequentialRetrievalModel(tfrs.Model):
             self.item_embedding, max_len=max_len, hidden_dim=embedding_dim, name=backbone, **(backbone_kwargs or {})
         )
         self.task = NextItemRetrieval(loss, temperature, name="retrieval")
+        # Divides the summed per-position loss. None: the batch's own position
+        # count (a plain mean). The trainer sets it to the *average* positions
+        # per batch, so that every position weighs the same whatever batch it
+        # lands in: with length-bucketed batches a per-batch mean would give a
+        # position of a 3-item history 10x the weight of one in a 40-item one.
+        self.loss_normalizer = None
 
     def item_table(self) -> tf.Tensor:
         """``[num_items + 1, d]`` candidate embeddings (works for sharded tables too)."""
@@ -73,10 +79,22 @@ class SequentialRetrievalModel(tfrs.Model):
         history = features["history"] if isinstance(features, dict) else features
         return self.backbone(history, training=training)
 
-    def compute_loss(self, features, training=False) -> tf.Tensor:
+    def per_example_loss(self, features, training=False) -> tf.Tensor:
+        """``[N]`` losses, one per predicted position (for strategy-aware averaging).
+
+        ``in_batch`` looks up only the targets' rows (sparse gradient for the
+        table); ``full_softmax`` scores against the whole table (dense gradient).
+        """
         queries, targets = self.backbone.training_queries(features, training=training)
-        per_example = self.task(queries, targets, self.item_table())
-        return tf.reduce_mean(per_example)
+        if self.task.loss == "in_batch":
+            return self.task(queries, targets, candidates=self.item_embedding(targets))
+        return self.task(queries, targets, self.item_table())
+
+    def compute_loss(self, features, training=False) -> tf.Tensor:
+        per_example = self.per_example_loss(features, training=training)
+        if self.loss_normalizer is None:
+            return tf.reduce_mean(per_example)
+        return tf.reduce_sum(per_example) / self.loss_normalizer
 
     def score_all(self, user: tf.Tensor) -> tf.Tensor:
         return tf.matmul(user, self.item_table(), transpose_b=True)

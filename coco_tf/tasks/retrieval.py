@@ -58,8 +58,13 @@ class NextItemRetrieval(keras.layers.Layer):
                 name="in_batch_retrieval",
             )
 
-    def call(self, query: tf.Tensor, target_ids: tf.Tensor, item_table: tf.Tensor) -> tf.Tensor:
-        """query ``[N, d]``, target_ids int ``[N]``, item_table ``[I+1, d]`` -> loss ``[N]``."""
+    def call(self, query: tf.Tensor, target_ids: tf.Tensor, item_table=None, candidates=None) -> tf.Tensor:
+        """query ``[N, d]``, target_ids int ``[N]``, item_table ``[I+1, d]`` -> loss ``[N]``.
+
+        ``in_batch`` needs only the targets' rows: pass them as ``candidates``
+        ``[N, d]`` (then ``item_table`` may be None) so that a table sharded over
+        parameter servers is read row by row instead of whole.
+        """
         if self.loss == "full_softmax":
             # XLA fuses the [N, I] logits, softmax and gradient passes, which
             # are memory-bound on CPU (about 2x faster on this loss). N is
@@ -69,7 +74,8 @@ class NextItemRetrieval(keras.layers.Layer):
             q = tf.pad(query, [[0, padded - n], [0, 0]])
             t = tf.pad(tf.cast(target_ids, tf.int32), [[0, padded - n]], constant_values=1)
             return _full_softmax_xent(q, t, tf.cast(item_table, query.dtype), self.temperature)[:n]
-        candidates = tf.gather(item_table, target_ids)
+        if candidates is None:
+            candidates = tf.gather(item_table, target_ids)
         return self._retrieval(
             tf.cast(query, tf.float32),
             tf.cast(candidates, tf.float32),
