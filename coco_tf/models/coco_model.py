@@ -1,0 +1,187 @@
+"""``CoCoModel``: the paper's collaboration-contradiction framework on TFRS (§4, Algorithm 1).
+
+One training example (one user; B users per batch; shapes for the tiny config)::
+
+    history int64 [B, T] ──backbone.encode──► states [B, T, d] ──newest──► h_RS [B, d]
+    h_RS ──proj (Dense)──► e_u [B, d_llm]
+    e_u ──VQPromptCodebook (eq. 2-4)──► h_prompt [B, P, d_llm], prompt_mask [B, P]   P = S + m_max
+    h_text = item_text_table[history]  [B, T, d_llm] (frozen, pre-stored, DESIGN §3)
+    h_f = [h_prompt ; h_text] (eq. 3) ──QwenBackbone + LoRA(q, v)──► h_mix [B, P + T, d_llm]
+    h_pure = SemanticDecoupling(h_prompt, h_mix) (eq. 5)                [B, P, d_llm]
+    h_aligned = SemanticBehavioralAlignment(h_RS, h_pure) (eq. 7)       [B, d]
+    M = 1[cos(h_aligned, v_t) > cos(h_RS, v_t)] (eq. 8)                 [B]
+    L = L_r(h_aligned) + α·L_aux(h_RS) + β·L_ortho + γ·L_Q               (eq. 11)
+
+Choices (the DESIGN §3 readings, plus):
+
+* **Training target**: user level, as in the paper — ``v_t`` is the next item of
+  the newest history position, and ``L_r`` is the retrieval loss
+  (``train.loss``: full softmax or in-batch InfoNCE) of ``h_aligned`` on it.
+  ``L_aux`` is the backbone's causal next-item loss at *every* position (see
+  ``llm_augmented``): it includes the paper's ``L_aux`` (the user-level position
+  on ``h_RS``) and keeps the base model's full training signal, so ``coco`` is
+  ``base`` plus the LLM branch.
+* **Gradient mask (eq. 9)** at the LLM-branch outputs (``h_mix`` and the prompt
+  rows used as decoupling queries), not at ``h_aligned``: LoRA and the prompts
+  learn only from M = 0 examples; the backbone and alignment learn from all.
+  M needs ``h_aligned``, which needs ``h_mix``: the decoder runs once; the cheap
+  decoupling + alignment run twice (once without gradient to decide M, once on the
+  masked tensors, same forward values).
+* **Serving**: ``call`` returns ``h_aligned`` (no target, no mask).
+
+Ablations (``coco.ablation``): ``soft`` freezes the codebook and shared prompts at
+their LLM-encoded prompt texts (fixed structured prompts, still selected per
+user); ``dec`` replaces eq. 5 by the masked mean of ``h_mix`` for every slot (no
+decoupling); ``con`` has no LoRA (frozen decoder, no contradiction elimination;
+M is still measured, the prompts learn from all examples). ``fusion`` picks the
+alignment variant (Table 7).
+
+Telemetry (``compute_loss_and_metrics``): every loss term, ``coco/m1_fraction``
+(share of M = 1), ``coco/mean_selected`` (mean m), ``coco/empty_selection``
+(share of users selecting none), ``coco/codebook_perplexity`` (of the nearest-code
+histogram), ``coco/codebook_unused`` (codewords selected by no user in the batch).
+
+Example:
+
+>>> assets = build_llm_assets(cfg, titles)                  # coco_tf.llm.assets
+>>> model = CoCoModel(num_items=150, item_text_table=assets.item_text_table,
+...                   llm=assets.make_decoder(lora_rank=8), embedding_dim=32, max_len=12)
+>>> loss, metrics = model.compute_loss_and_metrics({"history": h, "targets": t}, training=True)
+>>> user = model({"history": h})                             # h_aligned [B, 32]
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tf_keras as keras
+
+from coco_tf.layers.alignment import SemanticBehavioralAlignment
+from coco_tf.layers.contradiction import ContradictionGradientMask, contradiction_decision
+from coco_tf.layers.decoupling import SemanticDecoupling, orthogonality_loss
+from coco_tf.layers.vq_prompt_codebook import VQPromptCodebook, codebook_usage
+from coco_tf.models.llm_augmented import UserLevelRetrievalModel
+
+ABLATIONS = ("none", "soft", "dec", "con")
+
+
+class CoCoModel(UserLevelRetrievalModel):
+    """CoCo on a sequential backbone.
+
+    Args:
+        num_items, backbone, embedding_dim, max_len, loss, temperature,
+            backbone_kwargs: as :class:`SequentialRetrievalModel`.
+        item_text_table: array ``[num_items + 1, d_llm]`` (frozen).
+        llm: a ``QwenBackbone`` (with LoRA; frozen for ``ablation="con"``).
+        codebook_size, num_shared_prompts, threshold, max_prompts, selection:
+            the prompt codebook (``coco.*``).
+        initial_codebook, initial_shared: optional init arrays (``None``: random).
+        ablation: ``none | soft | dec | con``.
+        fusion: ``attention | mlp | concat``.
+        alpha, beta, gamma: eq. 11 weights.
+        decoupling_heads: heads of the eq. 5 attention.
+        decision_override: ``None`` (eq. 8) or a constant 0.0 / 1.0 for M (tests,
+            diagnostics).
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        item_text_table,
+        llm,
+        codebook_size: int = 64,
+        num_shared_prompts: int = 2,
+        threshold: float = 0.45,
+        max_prompts: int = 32,
+        selection: str = "cosine",
+        initial_codebook=None,
+        initial_shared=None,
+        ablation: str = "none",
+        fusion: str = "attention",
+        alpha: float = 0.2,
+        beta: float = 0.15,
+        gamma: float = 0.25,
+        decoupling_heads: int = 4,
+        decision_override=None,
+        **kwargs,
+    ):
+        super().__init__(num_items=num_items, item_text_table=item_text_table, alpha=alpha, **kwargs)
+        if ablation not in ABLATIONS:
+            raise ValueError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
+        if llm.hidden_dim != self.text_dim:
+            raise ValueError(f"llm hidden_dim {llm.hidden_dim} != item text table width {self.text_dim}")
+        self.ablation = ablation
+        self.fusion = fusion
+        self.beta = float(beta)
+        self.gamma = float(gamma)
+        self.decision_override = None if decision_override is None else float(decision_override)
+        self.llm = llm
+        if ablation == "con":
+            self.llm.trainable = False
+        self.proj = keras.layers.Dense(self.text_dim, name="user_projection")
+        self.codebook = VQPromptCodebook(
+            codebook_size=codebook_size,
+            embedding_dim=self.text_dim,
+            num_shared_prompts=num_shared_prompts,
+            threshold=threshold,
+            max_prompts=max_prompts,
+            selection=selection,
+            trainable_prompts=ablation != "soft",
+            initial_codebook=initial_codebook,
+            initial_shared=initial_shared,
+            name="prompt_codebook",
+        )
+        heads = decoupling_heads if self.text_dim % decoupling_heads == 0 else 1
+        self.decoupling = SemanticDecoupling(
+            self.text_dim, num_heads=heads, mode="mean_pool" if ablation == "dec" else "cross_attention",
+            name="decoupling",
+        )
+        self.alignment = SemanticBehavioralAlignment(self.embedding_dim, fusion=fusion, name="alignment")
+        self.gradient_mask = ContradictionGradientMask(name="contradiction_mask")
+
+    def _align(self, h_rs, h_prompt, h_mix, mix_mask, prompt_mask, training):
+        h_pure = self.decoupling(h_prompt, h_mix, mix_mask, training=training)
+        return self.alignment(h_rs, h_pure, prompt_mask, training=training)
+
+    def user_vector(self, history, h_rs, states, training=None, target_ids=None):
+        e_u = self.proj(h_rs)  # [B, d_llm]
+        sel = self.codebook(e_u)
+        h_prompt, prompt_mask = sel["prompts"], sel["prompt_mask"]
+        h_text, text_mask = self.history_text(history)
+        mix_mask = tf.concat([prompt_mask, text_mask], axis=1)  # [B, P + T]
+        h_mix = self.llm(
+            {"inputs_embeds": tf.concat([h_prompt, tf.cast(h_text, h_prompt.dtype)], axis=1),
+             "padding_mask": tf.cast(mix_mask, tf.int32)},
+            training=training,
+        )
+        h_mix = tf.cast(h_mix, h_rs.dtype)
+        metrics, losses = {}, {}
+        if target_ids is None:  # serving / evaluation
+            return self._align(h_rs, h_prompt, h_mix, mix_mask, prompt_mask, training), losses, metrics
+
+        if self.decision_override is not None:
+            decision = tf.fill(tf.shape(h_rs)[:1], self.decision_override)
+        else:
+            probe = self._align(
+                h_rs, tf.stop_gradient(h_prompt), tf.stop_gradient(h_mix), mix_mask, prompt_mask, False
+            )
+            decision = contradiction_decision(probe, h_rs, self.item_embedding(target_ids))
+        if self.ablation != "con":
+            h_mix = self.gradient_mask(h_mix, decision)
+            h_prompt = self.gradient_mask(h_prompt, decision)
+        h_aligned = self._align(h_rs, h_prompt, h_mix, mix_mask, prompt_mask, training)
+
+        losses["ortho"] = (self.beta, orthogonality_loss(self.codebook.codebook))
+        losses["vq"] = (self.gamma, sel["vq_loss"])
+        metrics["loss/vq_codebook"] = sel["codebook_loss"]
+        metrics["loss/vq_commitment"] = sel["commitment_loss"]
+        num_selected = tf.cast(sel["num_selected"], tf.float32)
+        metrics["coco/m1_fraction"] = tf.reduce_mean(decision)
+        metrics["coco/mean_selected"] = tf.reduce_mean(num_selected)
+        metrics["coco/empty_selection"] = tf.reduce_mean(tf.cast(num_selected == 0, tf.float32))
+        perplexity, _ = codebook_usage(sel["nearest"], tf.ones_like(sel["nearest"], tf.bool), self.codebook.codebook_size)
+        _, unused = codebook_usage(
+            tf.reshape(sel["selected_indices"], [-1]), tf.reshape(sel["selected_mask"], [-1]), self.codebook.codebook_size
+        )
+        metrics["coco/codebook_perplexity"] = perplexity
+        metrics["coco/codebook_unused"] = unused
+        return h_aligned, losses, metrics

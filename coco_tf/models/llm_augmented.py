@@ -1,0 +1,100 @@
+"""Shared base of the LLM-augmented retrieval models (CoCo, KAR).
+
+``UserLevelRetrievalModel`` extends :class:`SequentialRetrievalModel` (same
+item table, backbone and retrieval task; nothing duplicated) with
+
+* the frozen item text table ``[num_items + 1, d_llm]`` (a non-trainable
+  variable filled from the cached array of ``coco_tf.llm.item_text_table``;
+  row 0 zeros), read per history position as ``h_text``;
+* the user-level objective: one prediction per user, the next item of the
+  newest history position (the paper's setting: the LLM runs once per user, not
+  once per position);
+* L_aux: the backbone's own causal next-item loss at every position (the base
+  model's objective, normalised the same way), so that an augmented model is
+  "base + LLM branch" and the backbone keeps the full training signal. The
+  paper's L_aux is InfoNCE on h_RS; ours covers the user-level position too.
+
+Subclasses implement ``user_vector(history, h_rs, states, training, target_ids)``
+returning ``(user [B, d], extra_losses: dict, metrics: dict)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from coco_tf.models.backbone import last_valid_index
+from coco_tf.models.retrieval_model import SequentialRetrievalModel
+
+
+class UserLevelRetrievalModel(SequentialRetrievalModel):
+    """Base: backbone → h_RS → (subclass) → user vector, loss ``L_r + α·L_aux + extras``."""
+
+    def __init__(self, num_items: int, item_text_table, alpha: float = 0.2, **kwargs):
+        super().__init__(num_items=num_items, **kwargs)
+        table = np.asarray(item_text_table, np.float32)
+        if table.ndim != 2 or table.shape[0] != num_items + 1:
+            raise ValueError(f"item_text_table must be [num_items + 1, d_llm] = [{num_items + 1}, *], got {table.shape}")
+        self.alpha = float(alpha)
+        self.text_dim = int(table.shape[1])
+        self.item_text = keras.layers.Embedding(
+            num_items + 1,
+            self.text_dim,
+            embeddings_initializer=keras.initializers.Constant(table),
+            trainable=False,
+            name="item_text_table",
+        )
+
+    # ---------------------------------------------------------------- pieces
+    def history_text(self, history):
+        """``h_text`` ``[B, T, d_llm]`` and its mask ``[B, T]`` (the frozen table's rows)."""
+        return tf.stop_gradient(self.item_text(history)), history != 0
+
+    def user_vector(self, history, h_rs, states, training=None, target_ids=None):
+        raise NotImplementedError
+
+    def _encode(self, history, training):
+        states = self.backbone.encode(history, training=training)  # [B, T, d]
+        h_rs = tf.gather(states, last_valid_index(history != 0), batch_dims=1)  # [B, d]
+        return states, h_rs
+
+    def call(self, features, training=None):
+        history = features["history"] if isinstance(features, dict) else features
+        states, h_rs = self._encode(history, training)
+        user, _, _ = self.user_vector(history, h_rs, states, training=training)
+        return user
+
+    def _retrieval_loss(self, queries, target_ids):
+        if self.task.loss == "in_batch":
+            return self.task(queries, target_ids, candidates=self.item_embedding(target_ids))
+        return self.task(queries, target_ids, self.item_table())
+
+    def compute_loss_and_metrics(self, features, training=False):
+        """``(total loss, {name: scalar})`` — every loss term and the model's telemetry."""
+        history, targets = features["history"], features["targets"]
+        states, h_rs = self._encode(history, training)
+        last = last_valid_index(history != 0)
+        target_ids = tf.gather(targets, last, batch_dims=1)  # [B] next item of the newest position
+        user, extra_losses, metrics = self.user_vector(history, h_rs, states, training=training, target_ids=target_ids)
+
+        weights = tf.cast(target_ids != 0, tf.float32)
+        safe_ids = tf.where(target_ids != 0, target_ids, tf.ones_like(target_ids))
+        l_r = tf.reduce_sum(self._retrieval_loss(user, safe_ids) * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
+
+        keep = targets != 0
+        aux = self._retrieval_loss(tf.boolean_mask(states, keep), tf.boolean_mask(targets, keep))
+        normalizer = getattr(self, "loss_normalizer", None)
+        l_aux = tf.reduce_mean(aux) if normalizer is None else tf.reduce_sum(aux) / normalizer
+
+        total = l_r + self.alpha * l_aux
+        out = {"loss/rec": l_r, "loss/aux": l_aux}
+        for name, (weight, value) in extra_losses.items():
+            total = total + weight * value
+            out[f"loss/{name}"] = value
+        out["loss/total"] = total
+        out.update(metrics)
+        return total, out
+
+    def compute_loss(self, features, training=False):
+        return self.compute_loss_and_metrics(features, training=training)[0]
