@@ -94,3 +94,15 @@ def test_gradients_reach_both_towers_and_unknown_loss_is_rejected():
     assert all(g is not None for g in grads)
     with pytest.raises(ValueError, match="allowed values: full_softmax, in_batch"):
         NextItemRetrieval("bpr")
+
+
+def test_loss_normalizer_weighs_every_position_equally():
+    """With a constant normaliser, the loss is sum / normaliser, not a per-batch mean."""
+    model = make_model()
+    short = {"history": tf.constant([[3, 0], [7, 0]], tf.int64), "targets": tf.constant([[4, 0], [8, 0]], tf.int64)}
+    long = {"history": tf.constant([[3, 4, 5, 6]], tf.int64), "targets": tf.constant([[4, 5, 6, 7]], tf.int64)}
+    mean_short = model.compute_loss(short).numpy()
+    mean_long = model.compute_loss(long).numpy()
+    model.loss_normalizer = 3.0  # e.g. the average number of positions per batch
+    assert model.compute_loss(short).numpy() == pytest.approx(mean_short * 2 / 3.0, rel=1e-5)
+    assert model.compute_loss(long).numpy() == pytest.approx(mean_long * 4 / 3.0, rel=1e-5)

@@ -163,6 +163,8 @@ class Trainer:
         )
         hist, _ = training_examples(self.split.train, cfg.data.max_len)
         lengths = np.array([len(h) for h in hist])
+        # Every training position weighs the same, whichever batch it lands in.
+        self.model.loss_normalizer = float(cfg.train.batch_size * lengths.mean())
         steps_per_epoch = count_batches(lengths, cfg.train.batch_size, cfg.data.max_len, cfg.data.bucket_by_length)
         history_path = os.path.join(self.model_dir, "history.json")
         history = json.load(open(history_path)) if os.path.exists(history_path) else []
