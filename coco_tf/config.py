@@ -308,6 +308,8 @@ def validate(cfg: Config) -> None:
         "train.keep_checkpoints": cfg.train.keep_checkpoints,
         "runtime.steps_per_execution": cfg.runtime.steps_per_execution,
         "runtime.partitioner_min_shard_bytes": cfg.runtime.partitioner_min_shard_bytes,
+        "coco.codebook_size": cfg.coco.codebook_size,
+        "coco.max_prompts": cfg.coco.max_prompts,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -327,7 +329,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'data.path': required when data.source={cfg.data.source}")
     # Keys whose feature has not landed yet fail loudly instead of being ignored.
     not_yet = {
-        "coco.method": (cfg.coco.method, "base", "CoCo and KAR (issue: CoCo end to end)"),
         "model.item_text": (cfg.model.item_text, False, "item text in the candidate tower (issue: CoCo end to end)"),
     }
     for key, (value, supported, what) in not_yet.items():
@@ -337,9 +338,15 @@ def validate(cfg: Config) -> None:
                 f"only {supported!r} runs today"
             )
     for key, value in (("train.checkpoint_every_steps", cfg.train.checkpoint_every_steps),
-                       ("runtime.ps_shards", cfg.runtime.ps_shards)):
+                       ("runtime.ps_shards", cfg.runtime.ps_shards),
+                       ("coco.num_shared_prompts", cfg.coco.num_shared_prompts)):
         if value < 0:
             raise ConfigError(f"config key '{key}': must be >= 0, got {value}")
+    if cfg.runtime.strategy == "ps" and cfg.coco.method != "base":
+        raise ConfigError(
+            f"config key 'coco.method': {cfg.coco.method!r} runs with runtime.strategy=local only in this "
+            "version (the parameter-server trainer builds the base model)"
+        )
     if cfg.data.source == "synthetic" and cfg.data.synthetic_min_len < 3:
         raise ConfigError("config key 'data.synthetic_min_len': must be >= 3 (train, validation and test items)")
 

@@ -33,7 +33,7 @@ def test_yaml_file_then_set(tmp_path):
         ("model.num_heads=3", "does not divide model.embedding_dim=64"),
         ("data.source=text", "config key 'data.path': required when data.source=text"),
         ("noequals", "--set expects dotted.key=value"),
-        ("coco.method=coco", "config key 'coco.method': 'coco' is not available in this version"),
+        ("coco.codebook_size=0", "config key 'coco.codebook_size': must be > 0, got 0"),
     ],
 )
 def test_bad_keys_and_values(override, expected):

@@ -100,9 +100,14 @@ class SequentialRetrievalModel(tfrs.Model):
         return tf.matmul(user, self.item_table(), transpose_b=True)
 
 
-def build_model(cfg: Config, num_items: int) -> SequentialRetrievalModel:
+def build_model(cfg: Config, num_items: int, llm_assets=None) -> SequentialRetrievalModel:
+    """The model for ``cfg.coco.method``: ``base``, ``kar`` or ``coco``.
+
+    ``kar`` and ``coco`` need ``llm_assets`` (``coco_tf.llm.assets.build_llm_assets``:
+    the item text table, the base decoder weights and the prompt encodings).
+    """
     m = cfg.model
-    return SequentialRetrievalModel(
+    common = dict(
         num_items=num_items,
         backbone=m.backbone,
         embedding_dim=m.embedding_dim,
@@ -115,5 +120,42 @@ def build_model(cfg: Config, num_items: int) -> SequentialRetrievalModel:
             "ffn_dim": m.ffn_dim,
             "dropout": m.dropout,
         },
-        name="sequential_retrieval",
+    )
+    method = cfg.coco.method
+    if method == "base":
+        return SequentialRetrievalModel(**common, name="sequential_retrieval")
+    if llm_assets is None:
+        raise ValueError(f"coco.method={method} needs llm_assets (coco_tf.llm.assets.build_llm_assets)")
+    c = cfg.coco
+    if method == "kar":
+        from coco_tf.models.kar import KARModel
+
+        return KARModel(
+            **common,
+            item_text_table=llm_assets.item_text_table,
+            llm=llm_assets.make_decoder(lora_rank=0),
+            prompt_vectors=llm_assets.kar_prompts,
+            alpha=c.alpha,
+            name="kar_retrieval",
+        )
+    from coco_tf.models.coco_model import CoCoModel
+
+    lora_rank = 0 if c.ablation == "con" else cfg.llm.lora_rank
+    return CoCoModel(
+        **common,
+        item_text_table=llm_assets.item_text_table,
+        llm=llm_assets.make_decoder(lora_rank, cfg.llm.lora_alpha, cfg.llm.lora_dropout),
+        codebook_size=c.codebook_size,
+        num_shared_prompts=c.num_shared_prompts,
+        threshold=c.threshold,
+        max_prompts=c.max_prompts,
+        selection=c.selection,
+        initial_codebook=llm_assets.codebook_init,
+        initial_shared=llm_assets.shared_init,
+        ablation=c.ablation,
+        fusion=c.fusion,
+        alpha=c.alpha,
+        beta=c.beta,
+        gamma=c.gamma,
+        name="coco_retrieval",
     )

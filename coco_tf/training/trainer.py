@@ -5,7 +5,10 @@ Layout of ``model_dir``::
     config.yaml      the resolved config
     ckpt/            latest checkpoints (model, optimizer, epoch), keep N; resume point
     best/            the model with the best validation NDCG@10
-    tensorboard/     loss every 50 steps, validation metrics every evaluation
+    tensorboard/     loss every 50 steps, validation metrics every evaluation; for kar/coco
+                     also every loss term and the CoCo telemetry (train/..., every 50
+                     steps; train_epoch/..., epoch means)
+    cache/           the item text table (kar/coco; unless llm.cache_dir is set)
     metrics.json     {"valid": {...}, "test": {...}, "examples_per_sec": ..., "wall_seconds": ...}
 
 An interrupted run started again with the same ``model_dir`` resumes after its
@@ -103,7 +106,15 @@ class Trainer:
                 "%d users have fewer than 3 items: used for training only, not evaluated",
                 self.split.train_only_users,
             )
-        self.model = build_model(cfg, self.dataset.num_items)
+        # kar / coco: the frozen base decoder encodes the catalog titles once (cached
+        # on disk) and the prompt texts; the model's decoder starts from its weights.
+        self.llm_assets = None
+        if cfg.coco.method != "base":
+            from coco_tf.llm.assets import build_llm_assets
+
+            cache_dir = cfg.llm.cache_dir or os.path.join(self.model_dir, "cache")
+            self.llm_assets = build_llm_assets(cfg, self.dataset.titles, cache_dir)
+        self.model = build_model(cfg, self.dataset.num_items, self.llm_assets)
         self.optimizer = make_optimizer(cfg)
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.best_score = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_score")
@@ -128,7 +139,10 @@ class Trainer:
             "history": tf.TensorSpec([None, None], tf.int64),
             "targets": tf.TensorSpec([None, None], tf.int64),
         }
-        self._train_step = tf.function(self._step, input_signature=[spec])
+        # Models with telemetry (kar, coco) return (loss, {name: scalar}) per step.
+        self._with_metrics = hasattr(self.model, "compute_loss_and_metrics")
+        step_fn = self._step_with_metrics if self._with_metrics else self._step
+        self._train_step = tf.function(step_fn, input_signature=[spec])
         self.writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "tensorboard"))
 
     # ------------------------------------------------------------------ steps
@@ -140,6 +154,14 @@ class Trainer:
         grads = tape.gradient(loss, variables)
         self.optimizer.apply_gradients(zip(grads, variables))
         return loss
+
+    def _step_with_metrics(self, batch):
+        with tf.GradientTape() as tape:
+            loss, metrics = self.model.compute_loss_and_metrics(batch, training=True)
+        variables = self.model.trainable_variables
+        grads = tape.gradient(loss, variables)
+        self.optimizer.apply_gradients(zip(grads, variables))
+        return loss, metrics
 
     def _build(self):
         """Creates model and optimizer variables so that a checkpoint can restore into them."""
@@ -177,17 +199,33 @@ class Trainer:
             if cfg.runtime.progress:
                 print(f"Epoch {epoch}/{cfg.train.epochs}")
             te = time.time()
+            telemetry_sum, telemetry_steps = {}, 0
             for i, batch in enumerate(ds):
-                loss_value = float(self._train_step(batch))
+                out = self._train_step(batch)
+                telemetry = {}
+                if self._with_metrics:
+                    out, telemetry = out
+                    telemetry = {k: float(v) for k, v in telemetry.items()}
+                    for k, v in telemetry.items():
+                        telemetry_sum[k] = telemetry_sum.get(k, 0.0) + v
+                    telemetry_steps += 1
+                loss_value = float(out)
                 step += 1
                 if step % 50 == 0:
                     with self.writer.as_default():
                         tf.summary.scalar("train/loss", loss_value, step=step)
+                        for k, v in telemetry.items():
+                            tf.summary.scalar(f"train/{k}", v, step=step)
                 bar.update(i + 1, [("loss", loss_value)])
             train_seconds += time.time() - te
             train_examples += len(lengths)
             self.epoch.assign(epoch)
             record = {"epoch": epoch, "loss": loss_value, "train_seconds": round(time.time() - te, 2)}
+            if telemetry_steps:
+                record["telemetry"] = {k: round(v / telemetry_steps, 6) for k, v in telemetry_sum.items()}
+                with self.writer.as_default():
+                    for k, v in record["telemetry"].items():
+                        tf.summary.scalar(f"train_epoch/{k}", v, step=step)
 
             stop = False
             if epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs:

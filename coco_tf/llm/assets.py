@@ -1,0 +1,98 @@
+"""Everything the LLM-augmented models need from the frozen base decoder, built once.
+
+:func:`build_llm_assets` loads the base decoder (``llm.checkpoint`` directory or
+the random ``llm.preset``), builds the title tokenizer (the checkpoint's own, or
+word-piece learned from the catalog titles), and encodes with the frozen decoder
+(masked mean pooling):
+
+* the item text table ``[num_items + 1, d_llm]`` (cached on disk by
+  ``coco_tf.llm.item_text_table``);
+* the codebook init: K prompt texts (``coco.codebook_init=llm``; see
+  ``coco_tf.layers.vq_prompt_codebook.PROMPT_TEXTS``), and the S shared prompts;
+* KAR's two fixed factorised prompts (:data:`KAR_PROMPT_TEXTS`).
+
+It keeps the base weights as numpy arrays so that the model's own decoder
+(with LoRA for CoCo, frozen for KAR) starts from exactly the weights that
+encoded the table — with the random ``tiny`` preset too.
+
+Example::
+
+    assets = build_llm_assets(cfg, dataset.titles, cache_dir="runs/x/cache")
+    llm = assets.make_decoder(lora_rank=8)           # QwenBackbone, base weights loaded
+    assets.item_text_table.shape                      # (num_items + 1, 64)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Dict, Optional
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from coco_tf.layers.vq_prompt_codebook import SHARED_PROMPT_TEXTS, prompt_texts
+from coco_tf.llm.item_text_table import build_item_text_table, masked_mean
+from coco_tf.llm.tokenizer import build_tokenizer
+from coco_tf.models.qwen_backbone import QwenBackbone
+
+# KAR's factorisation prompting: user-preference reasoning and item factual knowledge.
+KAR_PROMPT_TEXTS = (
+    "analyze the user's preferences and the reasons behind them from the items below",
+    "list the factual attributes of the following items",
+)
+
+PROMPT_SEQUENCE_LENGTH = 16
+
+
+def encode_texts(texts, backbone: QwenBackbone, tokenizer, sequence_length: int = PROMPT_SEQUENCE_LENGTH) -> np.ndarray:
+    """``[len(texts), d_llm]``: each text through the frozen decoder, mean-pooled over its tokens."""
+    ids, mask = tokenizer.encode(list(texts), sequence_length)
+    ids = np.where(ids < backbone.vocabulary_size, ids, 0)
+    hidden = backbone({"token_ids": tf.constant(ids), "padding_mask": tf.constant(mask)}, training=False)
+    return masked_mean(tf.cast(hidden, tf.float32), tf.constant(mask)).numpy()
+
+
+@dataclasses.dataclass
+class LLMAssets:
+    decoder_config: Dict
+    base_weights: Dict[str, np.ndarray]
+    item_text_table: np.ndarray
+    codebook_init: Optional[np.ndarray]
+    shared_init: np.ndarray
+    kar_prompts: np.ndarray
+
+    def make_decoder(self, lora_rank: int = 0, lora_alpha: float = 16.0, lora_dropout: float = 0.05, name: str = "llm"):
+        """A ``QwenBackbone`` with the base weights; ``lora_rank == 0`` gives a frozen decoder."""
+        config = dict(self.decoder_config)
+        config.update(lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, name=name)
+        decoder = QwenBackbone(**config)
+        decoder.set_base_weights(self.base_weights, what="base decoder weights")
+        if lora_rank == 0:
+            decoder.trainable = False
+        return decoder
+
+
+def build_llm_assets(cfg, titles, cache_dir: Optional[str] = None) -> LLMAssets:
+    """Builds :class:`LLMAssets` for ``cfg`` (``llm`` and ``coco`` sections) and catalog ``titles``."""
+    started = time.time()
+    source = cfg.llm.checkpoint or cfg.llm.preset
+    base = QwenBackbone.from_preset(source, lora_rank=0, name="base_llm")
+    base.trainable = False
+    tokenizer = build_tokenizer(
+        titles=[t for t in titles[1:] if t] or ["item"],
+        checkpoint_dir=cfg.llm.checkpoint or None,
+        vocabulary_size=min(4096, base.vocabulary_size),
+    )
+    table = build_item_text_table(titles, base, tokenizer, cache_dir=cache_dir or None, verbose=0)
+    k, s = cfg.coco.codebook_size, cfg.coco.num_shared_prompts
+    codebook = encode_texts(prompt_texts(k), base, tokenizer) if cfg.coco.codebook_init == "llm" else None
+    shared = encode_texts(prompt_texts(s, SHARED_PROMPT_TEXTS), base, tokenizer)
+    kar = encode_texts(KAR_PROMPT_TEXTS, base, tokenizer)
+    config = base.get_config()
+    for key in ("name", "trainable", "lora_rank", "lora_alpha", "lora_dropout", "lora_layers"):
+        config.pop(key, None)
+    weights = {name: v.numpy() for name, v in base.weight_map(include_lora=False).items()}
+    logging.info("LLM assets (%s, table %s) in %.1f s", source, table.shape, time.time() - started)
+    return LLMAssets(config, weights, table, codebook, shared, kar)

@@ -1,0 +1,20 @@
+"""Through the Trainer: the con ablation, and softmax selection with a random codebook and the
+full-softmax loss, train a few steps."""
+
+import sys
+import os
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_coco_train import _check, _run  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["coco.ablation=con"], ["coco.selection=softmax", "coco.codebook_init=random", "train.loss=full_softmax"]],
+    ids=["con", "softmax-random-fullsoftmax"],
+)
+def test_variants_train(tmp_path, overrides):
+    _, result = _run(tmp_path, "coco.method=coco", *overrides, epochs=1)
+    _check(tmp_path, result)
