@@ -31,7 +31,9 @@ Decisions:
   read twice as often and another not at all (logged by the coordinator as a
   worker recovery); everything else stays exact.
 * **Loss.** Per-example losses (``reduction=none``) averaged with
-  ``tf.nn.compute_average_loss`` inside ``strategy.run`` (DESIGN §7).
+  ``tf.nn.compute_average_loss`` inside ``strategy.run`` (DESIGN §7), divided by
+  the same constant per-position normaliser as ``Trainer`` (batch size × mean
+  history length), so that every position weighs the same in both.
 * **Optimizer.** :class:`LazyAdam`: the in_batch loss gives the item table a
   sparse gradient and only those rows are updated; the full-softmax loss's
   gradient is dense (the logits touch every row) and gets Adam's update.
@@ -124,7 +126,13 @@ def make_train_fn(strategy, model, optimizer):
     def replica_step(batch):
         with tf.GradientTape() as tape:
             per_example = model.per_example_loss(batch, training=True)
-            loss = tf.nn.compute_average_loss(per_example)
+            # Same weighting as Trainer: a constant per-position normaliser when the model has one.
+            norm = getattr(model, "loss_normalizer", None)
+            # (compute_average_loss wants an integer batch size; this is its sum / (size * replicas).)
+            if norm:
+                loss = tf.reduce_sum(per_example) / (norm * strategy.num_replicas_in_sync)
+            else:
+                loss = tf.nn.compute_average_loss(per_example)
         variables = model.trainable_variables
         grads = tape.gradient(loss, variables)
         optimizer.apply_gradients(zip(grads, variables))
@@ -236,6 +244,8 @@ class PSTrainer:
                   f"step {int(self.step.numpy())}", flush=True)
         hist, _ = training_examples(self.split.train, cfg.data.max_len)
         lengths = np.array([len(h) for h in hist])
+        # Every training position weighs the same, whichever batch it lands in (as in Trainer).
+        self.model.loss_normalizer = float(cfg.train.batch_size * lengths.mean())
         steps_per_epoch = count_batches(lengths, cfg.train.batch_size, cfg.data.max_len, cfg.data.bucket_by_length)
         spe = cfg.runtime.steps_per_execution
         every = cfg.train.checkpoint_every_steps or steps_per_epoch
