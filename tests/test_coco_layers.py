@@ -133,3 +133,16 @@ def test_contradiction_decision_and_gradient_mask():
     g = tape.gradient(loss, x).numpy()
     np.testing.assert_allclose(g[0], 0.0)                        # M = 1: no gradient
     np.testing.assert_allclose(g[1], 3.0)                        # M = 0: full gradient
+
+
+def test_layer_configs_round_trip():
+    layers = [
+        _codebook(selection="softmax"),
+        SemanticDecoupling(hidden_dim=8, num_heads=2, mode="mean_pool"),
+        SemanticBehavioralAlignment(hidden_dim=6, fusion="mlp", mlp_dim=10),
+        ContradictionGradientMask(),
+    ]
+    for layer in layers:
+        config = layer.get_config()
+        clone = type(layer).from_config(config)
+        assert clone.get_config() == config

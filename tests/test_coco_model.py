@@ -122,3 +122,13 @@ def test_kar_forward_and_frozen_llm():
     names = {v.name for v in model.trainable_variables}
     assert any("hybrid_expert_adaptor" in n for n in names)
     assert not any(n.startswith("llm") or "/llm/" in n or "transformer_layer" in n for n in names)
+
+
+def test_build_model_needs_assets_and_ps_rejects_coco():
+    from coco_tf.config import ConfigError, load_config
+    from coco_tf.models.retrieval_model import build_model
+
+    with pytest.raises(ValueError, match="needs llm_assets"):
+        build_model(load_config(overrides=["coco.method=coco"]), 10)
+    with pytest.raises(ConfigError, match="runtime.strategy=local only"):
+        load_config(overrides=["coco.method=kar", "runtime.strategy=ps"])
