@@ -156,6 +156,11 @@ def table_placement(model) -> list:
     return [(tuple(v.shape.as_list()), v.device) for v in parts]
 
 
+def worker_steps_per_epoch(lengths: np.ndarray, num_workers: int, batch_size: int, max_len: int, bucket: bool) -> int:
+    """Batches in one pass of every worker over its shard (worker k reads examples k::num_workers)."""
+    return sum(count_batches(lengths[k::num_workers], batch_size, max_len, bucket) for k in range(num_workers))
+
+
 class PSTrainer:
     """Trains ``cfg`` under ParameterServerStrategy; :meth:`run` returns the metrics.json content."""
 
@@ -246,7 +251,13 @@ class PSTrainer:
         lengths = np.array([len(h) for h in hist])
         # Every training position weighs the same, whichever batch it lands in (as in Trainer).
         self.model.loss_normalizer = float(cfg.train.batch_size * lengths.mean())
-        steps_per_epoch = count_batches(lengths, cfg.train.batch_size, cfg.data.max_len, cfg.data.bucket_by_length)
+        # One epoch = every worker's shard once. Worker k reads users k::n and batches (and
+        # buckets) them on its own, so its batches are counted on its shard: counting the whole
+        # dataset in full batches would make an "epoch" cover only part of the data when small
+        # shards leave many partial buckets.
+        steps_per_epoch = worker_steps_per_epoch(
+            lengths, self.num_workers, cfg.train.batch_size, cfg.data.max_len, cfg.data.bucket_by_length
+        )
         spe = cfg.runtime.steps_per_execution
         every = cfg.train.checkpoint_every_steps or steps_per_epoch
         per_worker = self.coordinator.create_per_worker_dataset(self._dataset_fn())
