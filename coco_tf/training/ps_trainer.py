@@ -69,7 +69,13 @@ from coco_tf.data.pipeline import train_dataset, training_examples  # noqa: E402
 from coco_tf.data.split import leave_one_out  # noqa: E402
 from coco_tf.models.retrieval_model import build_model  # noqa: E402
 from coco_tf.training.lazy_adam import LazyAdam  # noqa: E402
-from coco_tf.training.trainer import SELECTION_METRIC, Evaluator, count_batches, format_table  # noqa: E402,F401
+from coco_tf.training.trainer import (  # noqa: E402,F401
+    SELECTION_METRIC,
+    EpochEndMixin,
+    Evaluator,
+    count_batches,
+    format_table,
+)
 
 _CLUSTER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
                    tf.errors.DeadlineExceededError, tf.errors.InternalError, tf.errors.NotFoundError)
@@ -161,7 +167,7 @@ def worker_steps_per_epoch(lengths: np.ndarray, num_workers: int, batch_size: in
     return sum(count_batches(lengths[k::num_workers], batch_size, max_len, bucket) for k in range(num_workers))
 
 
-class PSTrainer:
+class PSTrainer(EpochEndMixin):
     """Trains ``cfg`` under ParameterServerStrategy; :meth:`run` returns the metrics.json content."""
 
     def __init__(self, cfg: Config, dataset=None, cluster_resolver=None):
@@ -297,25 +303,7 @@ class PSTrainer:
             self.epoch_step.assign(0)
             record = {"epoch": epoch, "loss": loss_value, "train_seconds": round(time.time() - te, 2),
                       "step": int(self.step.numpy())}
-            stop = False
-            if epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs:
-                valid = self.evaluator.evaluate(self.split.valid)
-                record["valid"] = valid
-                with self.writer.as_default():
-                    for k, v in valid.items():
-                        tf.summary.scalar(f"valid/{k}", v, step=int(self.step.numpy()))
-                score = valid[SELECTION_METRIC]
-                if score > float(self.best_score.numpy()):
-                    self.best_score.assign(score)
-                    self.stale_evals.assign(0)
-                    self.best_manager.save(checkpoint_number=epoch)
-                else:
-                    self.stale_evals.assign_add(1)
-                patience = cfg.train.early_stopping_patience
-                stop = patience > 0 and int(self.stale_evals.numpy()) >= patience
-                if cfg.runtime.progress:
-                    print("  valid: " + "  ".join(f"{k}={v:.4f}" for k, v in valid.items() if k.endswith(("@10", "@5")))
-                          + f"  (best {SELECTION_METRIC}={float(self.best_score.numpy()):.4f})", flush=True)
+            stop = self._validate(epoch, int(self.step.numpy()), record)
             history.append(record)
             self.manager.save(checkpoint_number=int(self.step.numpy()))
             with open(history_path, "w") as fh:
@@ -327,26 +315,7 @@ class PSTrainer:
         return self._finish(t0, train_seconds, train_examples)
 
     def _finish(self, t0: float, train_seconds: float, train_examples: int) -> Dict:
-        if self.best_manager.latest_checkpoint:
-            tf.train.Checkpoint(model=self.model).restore(self.best_manager.latest_checkpoint).expect_partial()
-            best_epoch = int(self.best_manager.latest_checkpoint.rsplit("-", 1)[-1])
-        else:
-            best_epoch = int(self.epoch.numpy())
-        valid = self.evaluator.evaluate(self.split.valid)
-        test = self.evaluator.evaluate(self.split.test)
-        result = {
-            "valid": valid,
-            "test": test,
-            "best_epoch": best_epoch,
-            "epochs_run": int(self.epoch.numpy()),
-            "steps": int(self.step.numpy()),
-            "examples_per_sec": round(train_examples / train_seconds, 1) if train_seconds else None,
-            "train_seconds": round(train_seconds, 2),
-            "wall_seconds": round(time.time() - t0, 2),
-            "dataset": self.dataset.describe(),
-            "cluster": {"ps": self.num_ps, "workers": self.num_workers,
-                        "item_table_shards": [{"shape": list(s), "device": d} for s, d in table_placement(self.model)]},
-        }
-        with open(os.path.join(self.model_dir, "metrics.json"), "w") as fh:
-            json.dump(result, fh, indent=2)
-        return result
+        cluster = {"ps": self.num_ps, "workers": self.num_workers,
+                   "item_table_shards": [{"shape": list(s), "device": d} for s, d in table_placement(self.model)]}
+        return super()._finish(t0, train_seconds, train_examples,
+                               extra={"steps": int(self.step.numpy()), "cluster": cluster})

@@ -81,7 +81,63 @@ class Evaluator:
         return metrics.result()
 
 
-class Trainer:
+class EpochEndMixin:
+    """Validation, best checkpoint, early stopping and metrics.json, shared by both trainers.
+
+    Needs ``cfg``, ``model``, ``dataset``, ``split``, ``evaluator``, ``writer``, ``epoch``,
+    ``best_score``, ``stale_evals``, ``best_manager`` and ``model_dir``.
+    """
+
+    def _validate(self, epoch: int, step: int, record: Dict) -> bool:
+        """Validates if due; saves the best model; returns whether to stop early."""
+        cfg = self.cfg
+        if not (epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs):
+            return False
+        valid = self.evaluator.evaluate(self.split.valid)
+        record["valid"] = valid
+        with self.writer.as_default():
+            for k, v in valid.items():
+                tf.summary.scalar(f"valid/{k}", v, step=step)
+        if valid[SELECTION_METRIC] > float(self.best_score.numpy()):
+            self.best_score.assign(valid[SELECTION_METRIC])
+            self.stale_evals.assign(0)
+            self.best_manager.save(checkpoint_number=epoch)
+        else:
+            self.stale_evals.assign_add(1)
+        if cfg.runtime.progress:
+            print(
+                "  valid: "
+                + "  ".join(f"{k}={v:.4f}" for k, v in valid.items() if k.endswith(("@10", "@5")))
+                + f"  (best {SELECTION_METRIC}={float(self.best_score.numpy()):.4f})",
+                flush=True,
+            )
+        patience = cfg.train.early_stopping_patience
+        return patience > 0 and int(self.stale_evals.numpy()) >= patience
+
+    def _finish(self, t0: float, train_seconds: float, train_examples: int, extra: Optional[Dict] = None) -> Dict:
+        """Tests the best checkpoint and writes ``metrics.json``."""
+        if self.best_manager.latest_checkpoint:
+            tf.train.Checkpoint(model=self.model).restore(self.best_manager.latest_checkpoint).expect_partial()
+            best_epoch = int(self.best_manager.latest_checkpoint.rsplit("-", 1)[-1])
+        else:
+            best_epoch = int(self.epoch.numpy())
+        result = {
+            "valid": self.evaluator.evaluate(self.split.valid),
+            "test": self.evaluator.evaluate(self.split.test),
+            "best_epoch": best_epoch,
+            "epochs_run": int(self.epoch.numpy()),
+            "examples_per_sec": round(train_examples / train_seconds, 1) if train_seconds else None,
+            "train_seconds": round(train_seconds, 2),
+            "wall_seconds": round(time.time() - t0, 2),
+            "dataset": self.dataset.describe(),
+            **(extra or {}),
+        }
+        with open(os.path.join(self.model_dir, "metrics.json"), "w") as fh:
+            json.dump(result, fh, indent=2)
+        return result
+
+
+class Trainer(EpochEndMixin):
     """Trains ``cfg`` end to end; :meth:`run` returns the metrics.json content."""
 
     def __init__(self, cfg: Config, dataset=None):
@@ -227,28 +283,7 @@ class Trainer:
                     for k, v in record["telemetry"].items():
                         tf.summary.scalar(f"train_epoch/{k}", v, step=step)
 
-            stop = False
-            if epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs:
-                valid = self.evaluator.evaluate(self.split.valid)
-                record["valid"] = valid
-                with self.writer.as_default():
-                    for k, v in valid.items():
-                        tf.summary.scalar(f"valid/{k}", v, step=step)
-                score = valid[SELECTION_METRIC]
-                if score > float(self.best_score.numpy()):
-                    self.best_score.assign(score)
-                    self.stale_evals.assign(0)
-                    self.best_manager.save(checkpoint_number=epoch)
-                else:
-                    self.stale_evals.assign_add(1)
-                patience = cfg.train.early_stopping_patience
-                stop = patience > 0 and int(self.stale_evals.numpy()) >= patience
-                if cfg.runtime.progress:
-                    print(
-                        f"  valid: "
-                        + "  ".join(f"{k}={v:.4f}" for k, v in valid.items() if k.endswith(("@10", "@5")))
-                        + f"  (best {SELECTION_METRIC}={float(self.best_score.numpy()):.4f})"
-                    )
+            stop = self._validate(epoch, step, record)
             history.append(record)
             self.manager.save(checkpoint_number=epoch)
             with open(history_path, "w") as fh:
@@ -258,29 +293,7 @@ class Trainer:
                 logging.info("early stopping after epoch %d", epoch)
                 break
 
-        return self._finish(t0, train_seconds, train_examples, history)
-
-    def _finish(self, t0: float, train_seconds: float, train_examples: int, history) -> Dict:
-        if self.best_manager.latest_checkpoint:
-            tf.train.Checkpoint(model=self.model).restore(self.best_manager.latest_checkpoint).expect_partial()
-            best_epoch = int(self.best_manager.latest_checkpoint.rsplit("-", 1)[-1])
-        else:
-            best_epoch = int(self.epoch.numpy())
-        valid = self.evaluator.evaluate(self.split.valid)
-        test = self.evaluator.evaluate(self.split.test)
-        result = {
-            "valid": valid,
-            "test": test,
-            "best_epoch": best_epoch,
-            "epochs_run": int(self.epoch.numpy()),
-            "examples_per_sec": round(train_examples / train_seconds, 1) if train_seconds else None,
-            "train_seconds": round(train_seconds, 2),
-            "wall_seconds": round(time.time() - t0, 2),
-            "dataset": self.dataset.describe(),
-        }
-        with open(os.path.join(self.model_dir, "metrics.json"), "w") as fh:
-            json.dump(result, fh, indent=2)
-        return result
+        return self._finish(t0, train_seconds, train_examples)
 
 
 def format_table(result: Dict) -> str:
