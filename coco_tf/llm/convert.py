@@ -131,20 +131,8 @@ def backbone_config_from_hf(hf_config):
 
 def backbone_config_from_keras_nlp(config):
     """Our backbone config from a keras-nlp ``Qwen3Backbone.get_config()`` dict."""
-    keys = (
-        "vocabulary_size",
-        "num_layers",
-        "num_query_heads",
-        "num_key_value_heads",
-        "head_dim",
-        "hidden_dim",
-        "intermediate_dim",
-        "rope_max_wavelength",
-        "rope_scaling_factor",
-        "layer_norm_epsilon",
-        "tie_word_embeddings",
-    )
-    missing = [k for k in keys[:7] if k not in config]
+    keys = qb._SHAPE_KEYS + ("rope_max_wavelength", "rope_scaling_factor", "layer_norm_epsilon", "tie_word_embeddings")
+    missing = [k for k in qb._SHAPE_KEYS if k not in config]
     if missing:
         raise ConversionError(f"keras-nlp backbone config lacks keys: {', '.join(missing)}")
     out = {k: config[k] for k in keys if k in config}
