@@ -303,14 +303,8 @@ class PSTrainer(EpochEndMixin):
             self.epoch_step.assign(0)
             record = {"epoch": epoch, "loss": loss_value, "train_seconds": round(time.time() - te, 2),
                       "step": int(self.step.numpy())}
-            stop = self._validate(epoch, int(self.step.numpy()), record)
-            history.append(record)
-            self.manager.save(checkpoint_number=int(self.step.numpy()))
-            with open(history_path, "w") as fh:
-                json.dump(history, fh, indent=1)
-            self.writer.flush()
-            if stop:
-                logging.info("early stopping after epoch %d", epoch)
+            step = int(self.step.numpy())
+            if self._end_epoch(epoch, step, record, history, history_path, checkpoint_number=step):
                 break
         return self._finish(t0, train_seconds, train_examples)
 

@@ -85,7 +85,7 @@ class EpochEndMixin:
     """Validation, best checkpoint, early stopping and metrics.json, shared by both trainers.
 
     Needs ``cfg``, ``model``, ``dataset``, ``split``, ``evaluator``, ``writer``, ``epoch``,
-    ``best_score``, ``stale_evals``, ``best_manager`` and ``model_dir``.
+    ``best_score``, ``stale_evals``, ``manager``, ``best_manager`` and ``model_dir``.
     """
 
     def _validate(self, epoch: int, step: int, record: Dict) -> bool:
@@ -113,6 +113,19 @@ class EpochEndMixin:
             )
         patience = cfg.train.early_stopping_patience
         return patience > 0 and int(self.stale_evals.numpy()) >= patience
+
+    def _end_epoch(self, epoch: int, step: int, record: Dict, history: list, history_path: str,
+                   checkpoint_number: int) -> bool:
+        """Validates, appends the epoch to history.json, checkpoints; returns whether to stop early."""
+        stop = self._validate(epoch, step, record)
+        history.append(record)
+        self.manager.save(checkpoint_number=checkpoint_number)
+        with open(history_path, "w") as fh:
+            json.dump(history, fh, indent=1)
+        self.writer.flush()
+        if stop:
+            logging.info("early stopping after epoch %d", epoch)
+        return stop
 
     def _finish(self, t0: float, train_seconds: float, train_examples: int, extra: Optional[Dict] = None) -> Dict:
         """Tests the best checkpoint and writes ``metrics.json``."""
@@ -283,14 +296,7 @@ class Trainer(EpochEndMixin):
                     for k, v in record["telemetry"].items():
                         tf.summary.scalar(f"train_epoch/{k}", v, step=step)
 
-            stop = self._validate(epoch, step, record)
-            history.append(record)
-            self.manager.save(checkpoint_number=epoch)
-            with open(history_path, "w") as fh:
-                json.dump(history, fh, indent=1)
-            self.writer.flush()
-            if stop:
-                logging.info("early stopping after epoch %d", epoch)
+            if self._end_epoch(epoch, step, record, history, history_path, checkpoint_number=epoch):
                 break
 
         return self._finish(t0, train_seconds, train_examples)
