@@ -31,13 +31,7 @@ from coco_tf.data.errors import DataError, DecodeFailure, LineHandler, read_line
 
 def _read_reviews(path: str, handler: LineHandler) -> List[Tuple[str, str, int]]:
     rows = []
-    for n, line in read_lines(path):
-        if isinstance(line, DecodeFailure):
-            handler.bad(path, n, "not UTF-8", line)
-            continue
-        if not line.strip():
-            handler.bad(path, n, "empty line")
-            continue
+    for n, line in handler.good_lines(read_lines(path), path):
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:

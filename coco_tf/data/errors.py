@@ -66,6 +66,16 @@ class LineHandler:
             raise DataError(path, reason + (f": {detail}" if detail else ""), line)
         self.report.add(path, line, reason)
 
+    def good_lines(self, lines, path: str):
+        """Yields ``(line_number, text)`` from :func:`read_lines`, reporting bad UTF-8 and empty lines."""
+        for n, line in lines:
+            if isinstance(line, DecodeFailure):
+                self.bad(path, n, "not UTF-8", line)
+            elif not line.strip():
+                self.bad(path, n, "empty line")
+            else:
+                yield n, line
+
 
 def read_lines(path: str):
     """Yields ``(line_number, text)`` for a UTF-8 text file (``.gz`` transparently).

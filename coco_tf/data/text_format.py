@@ -42,13 +42,7 @@ def read_items(path: str, handler: LineHandler) -> Tuple[Dict[str, int], List[st
     ids: Dict[str, int] = {}
     titles: List[str] = []
     categories: List[str] = []
-    for n, line in lines:
-        if isinstance(line, DecodeFailure):
-            handler.bad(path, n, "not UTF-8", line)
-            continue
-        if not line.strip():
-            handler.bad(path, n, "empty line")
-            continue
+    for n, line in handler.good_lines(lines, path):
         fields = line.split("\t")
         if len(fields) != len(columns):
             handler.bad(path, n, f"expected {len(columns)} tab-separated fields, got {len(fields)}")
@@ -89,14 +83,8 @@ def read_text_dataset(path: str, on_bad_line: str = "error") -> SequenceDataset:
     sequences: List[np.ndarray] = []
     users: List[str] = []
     seen_users = set()
-    for n, line in read_lines(seq_path):
-        if isinstance(line, DecodeFailure):
-            handler.bad(seq_path, n, "not UTF-8", line)
-            continue
+    for n, line in handler.good_lines(read_lines(seq_path), seq_path):
         tokens = line.split()
-        if not tokens:
-            handler.bad(seq_path, n, "empty line")
-            continue
         user, items = tokens[0], tokens[1:]
         if not items:
             handler.bad(seq_path, n, f"user {user} has no items")

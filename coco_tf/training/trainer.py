@@ -67,6 +67,7 @@ class Evaluator:
             "target": tf.TensorSpec([None], tf.int64),
         }
         self._step = tf.function(self._ranks, input_signature=[spec])
+        self._datasets = {}  # id(EvalSet) -> (EvalSet, dataset); the set is kept so its id stays unique
 
     def _ranks(self, batch):
         user = self.model({"history": batch["history"]}, training=False)
@@ -76,7 +77,10 @@ class Evaluator:
 
     def evaluate(self, eval_set: EvalSet) -> Dict[str, float]:
         metrics = RankingMetrics(self.ks)
-        for batch in eval_dataset(eval_set, self.max_len, self.batch_size):
+        key = id(eval_set)
+        if key not in self._datasets:  # padded once per split, not at every validation
+            self._datasets[key] = (eval_set, eval_dataset(eval_set, self.max_len, self.batch_size))
+        for batch in self._datasets[key][1]:
             metrics.update(self._step(batch).numpy())
         return metrics.result()
 
