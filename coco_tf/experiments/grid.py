@@ -1,0 +1,196 @@
+"""Experiment grids: backbones × methods (× one swept key) × seeds, one run directory each.
+
+A grid file (``configs/grids/<name>.yaml``) names a base config and the axes::
+
+    base_config: configs/beauty_sasrec.yaml     # every run starts from this YAML
+    overrides: {data.path: ../shared/data/amazon-beauty, train.epochs: 15}
+    backbones: [sasrec]                         # model.backbone values
+    methods:                                    # label -> config overrides
+      base: {coco.method: base}
+      coco: {coco.method: coco}
+    seeds: [42, 43, 44]                         # train.seed values
+    sweep: {key: coco.codebook_size, values: [16, 64], methods: [coco]}   # optional
+
+Runs are ordered method-major (every seed of the first method, then the next), so
+a grid cut short still has complete rows. Each run is ``python -m coco_tf.train``
+in a subprocess writing ``<out_dir>/<backbone>/<method>/seed<k>/``; a run whose
+``metrics.json`` exists is skipped, and an interrupted run resumes from its last
+checkpoint (the trainer's own resume), so rerunning the same command continues a
+grid where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional
+
+import yaml
+
+from coco_tf.config import ConfigError, load_config
+
+GRID_KEYS = ("base_config", "overrides", "backbones", "methods", "seeds", "sweep", "out_dir")
+
+
+@dataclasses.dataclass
+class Run:
+    """One cell of the grid: its labels, its ``--set`` overrides and its directory."""
+
+    backbone: str
+    method: str
+    seed: int
+    overrides: Dict[str, object]
+    run_dir: str
+    sweep_value: Optional[object] = None
+
+    @property
+    def done(self) -> bool:
+        return os.path.exists(os.path.join(self.run_dir, "metrics.json"))
+
+
+@dataclasses.dataclass
+class Grid:
+    path: str
+    base_config: str
+    overrides: Dict[str, object]
+    backbones: List[str]
+    methods: Dict[str, Dict[str, object]]
+    seeds: List[int]
+    out_dir: str
+    sweep: Optional[Dict[str, object]] = None
+
+    @property
+    def name(self) -> str:
+        return os.path.splitext(os.path.basename(self.path))[0]
+
+    def runs(self) -> List[Run]:
+        out = []
+        for backbone, (label, method_overrides) in itertools.product(self.backbones, self.methods.items()):
+            values = [None]
+            if self.sweep and label in self.sweep["methods"]:
+                values = list(self.sweep["values"])
+            for value in values:
+                for seed in self.seeds:
+                    ov = dict(self.overrides)
+                    ov.update(method_overrides)
+                    ov["model.backbone"] = backbone
+                    ov["train.seed"] = seed
+                    cell = label
+                    if value is not None:
+                        ov[self.sweep["key"]] = value
+                        cell = f"{label}@{self.sweep['key'].split('.')[-1]}={value}"
+                    run_dir = os.path.join(self.out_dir, backbone, cell, f"seed{seed}")
+                    out.append(Run(backbone, label, seed, ov, run_dir, value))
+        return out
+
+
+def _fail(path: str, msg: str):
+    raise ConfigError(f"grid file {path}: {msg}")
+
+
+def load_grid(path: str, out_dir: Optional[str] = None) -> Grid:
+    """Reads and validates a grid file; every run's config is checked before anything trains."""
+    if not os.path.exists(path):
+        raise ConfigError(f"grid file not found: {path}")
+    with open(path) as fh:
+        try:
+            raw = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"grid file {path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(raw, dict):
+        _fail(path, "expected a mapping of keys " + ", ".join(GRID_KEYS))
+    unknown = sorted(set(raw) - set(GRID_KEYS))
+    if unknown:
+        _fail(path, f"unknown key(s) {', '.join(unknown)}; allowed keys: {', '.join(GRID_KEYS)}")
+    for key in ("base_config", "methods", "seeds"):
+        if key not in raw:
+            _fail(path, f"missing key '{key}'")
+    methods = raw["methods"]
+    if not isinstance(methods, dict) or not methods or not all(isinstance(v, dict) for v in methods.values()):
+        _fail(path, "'methods' must map each label to a mapping of config overrides, e.g. {coco: {coco.method: coco}}")
+    seeds = raw["seeds"]
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        _fail(path, "'seeds' must be a non-empty list of integers")
+    backbones = raw.get("backbones", ["sasrec"])
+    if not isinstance(backbones, list) or not backbones:
+        _fail(path, "'backbones' must be a non-empty list of model.backbone values")
+    overrides = raw.get("overrides") or {}
+    if not isinstance(overrides, dict):
+        _fail(path, "'overrides' must be a mapping of config keys to values")
+    sweep = raw.get("sweep")
+    if sweep is not None:
+        if not isinstance(sweep, dict) or set(sweep) != {"key", "values", "methods"}:
+            _fail(path, "'sweep' must be {key: <config key>, values: [...], methods: [method labels]}")
+        missing = [m for m in sweep["methods"] if m not in methods]
+        if missing:
+            _fail(path, f"sweep.methods names unknown method label(s) {missing}; labels: {', '.join(methods)}")
+    base_config = raw["base_config"]
+    if not os.path.isabs(base_config) and not os.path.exists(base_config):
+        # Relative to the grid file's repository when not found from the working directory.
+        candidate = os.path.join(os.path.dirname(os.path.abspath(path)), "..", "..", base_config)
+        base_config = os.path.normpath(candidate) if os.path.exists(candidate) else base_config
+    grid = Grid(
+        path=path,
+        base_config=base_config,
+        overrides=overrides,
+        backbones=list(backbones),
+        methods={str(k): dict(v) for k, v in methods.items()},
+        seeds=list(seeds),
+        out_dir=out_dir or raw.get("out_dir") or os.path.join("runs", "grids", os.path.splitext(os.path.basename(path))[0]),
+        sweep=sweep,
+    )
+    for run in grid.runs():  # fail before training anything: every cell must be a valid config
+        try:
+            load_config(grid.base_config, [f"{k}={_yaml_value(v)}" for k, v in run.overrides.items()])
+        except ConfigError as e:
+            raise ConfigError(f"grid file {path}, run {run.backbone}/{run.method}/seed{run.seed}: {e}") from None
+    return grid
+
+
+def _yaml_value(v) -> str:
+    if isinstance(v, (list, dict)):
+        return yaml.safe_dump(v, default_flow_style=True).strip()
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def train_command(grid: Grid, run: Run) -> List[str]:
+    cmd = [sys.executable, "-m", "coco_tf.train", "--config", grid.base_config, "--model_dir", run.run_dir]
+    for key, value in run.overrides.items():
+        cmd += ["--set", f"{key}={_yaml_value(value)}"]
+    cmd += ["--set", "runtime.progress=false"]
+    return cmd
+
+
+def run_grid(grid: Grid, dry_run: bool = False, log=print) -> List[Run]:
+    """Trains every run not done yet, one after the other. Returns the runs that failed."""
+    runs = grid.runs()
+    failed = []
+    cache = os.path.join(grid.out_dir, "llm_cache")  # the item text table is shared by every run
+    for i, run in enumerate(runs, 1):
+        tag = f"[{i}/{len(runs)}] {run.backbone}/{os.path.basename(os.path.dirname(run.run_dir))}/seed{run.seed}"
+        if run.done:
+            log(f"{tag}: done, skipped")
+            continue
+        cmd = train_command(grid, run) + ["--set", f"llm.cache_dir={cache}"]
+        if dry_run:
+            log(f"{tag}: " + " ".join(cmd))
+            continue
+        os.makedirs(run.run_dir, exist_ok=True)
+        started = time.time()
+        log(f"{tag}: training (log {os.path.join(run.run_dir, 'train.log')})")
+        with open(os.path.join(run.run_dir, "train.log"), "a") as fh:
+            rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT)
+        if rc != 0:
+            failed.append(run)
+            log(f"{tag}: FAILED (exit {rc}) after {time.time() - started:.0f} s; see train.log")
+        else:
+            log(f"{tag}: done in {time.time() - started:.0f} s")
+    return failed
