@@ -76,7 +76,11 @@ class ModelConfig:
     num_heads: int = _field(1, "attention heads per block")
     ffn_dim: int = _field(0, "feed-forward inner size; 0 means equal to embedding_dim (SASRec's point-wise FFN)")
     dropout: float = _field(0.5, "dropout rate on embeddings, attention and feed-forward")
-    item_text: bool = _field(False, "candidate tower adds the projected item text vector to the id embedding")
+    item_text: bool = _field(
+        False,
+        "candidate tower adds the projected frozen-LLM item text vector to the id embedding; items absent from "
+        "the training split (cold) are scored by their text alone (builds the LLM item text table, also for base)",
+    )
 
 
 @dataclasses.dataclass
@@ -327,21 +331,16 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'eval.ks': a non-empty list of positive integers, got {cfg.eval.ks}")
     if cfg.data.source in ("text", "amazon_raw") and not cfg.data.path:
         raise ConfigError(f"config key 'data.path': required when data.source={cfg.data.source}")
-    # Keys whose feature has not landed yet fail loudly instead of being ignored.
-    not_yet = {
-        "model.item_text": (cfg.model.item_text, False, "item text in the candidate tower (issue: CoCo end to end)"),
-    }
-    for key, (value, supported, what) in not_yet.items():
-        if value != supported:
-            raise ConfigError(
-                f"config key '{key}': {value!r} is not available in this version ({what}); "
-                f"only {supported!r} runs today"
-            )
     for key, value in (("train.checkpoint_every_steps", cfg.train.checkpoint_every_steps),
                        ("runtime.ps_shards", cfg.runtime.ps_shards),
                        ("coco.num_shared_prompts", cfg.coco.num_shared_prompts)):
         if value < 0:
             raise ConfigError(f"config key '{key}': must be >= 0, got {value}")
+    if cfg.runtime.strategy == "ps" and cfg.model.item_text:
+        raise ConfigError(
+            "config key 'model.item_text': true runs with runtime.strategy=local only in this version "
+            "(the parameter-server trainer builds the id-only candidate tower)"
+        )
     if cfg.runtime.strategy == "ps" and cfg.coco.method != "base":
         raise ConfigError(
             f"config key 'coco.method': {cfg.coco.method!r} runs with runtime.strategy=local only in this "

@@ -24,6 +24,7 @@ flags.DEFINE_string("grid", None, "Grid YAML file (configs/grids/).")
 flags.DEFINE_string("out_dir", None, "Where the runs go (overrides the grid's out_dir).")
 flags.DEFINE_bool("report_only", False, "Do not train; only write the CSV/markdown (and plots) of finished runs.")
 flags.DEFINE_bool("dry_run", False, "Print the training command of every unfinished run and exit.")
+flags.DEFINE_list("only_methods", [], "Train only these method labels now (the report still covers the grid).")
 flags.DEFINE_bool("plots", False, "Also write the PNG figures (needs matplotlib: pip install -e '.[plots]').")
 
 
@@ -44,7 +45,12 @@ def main(argv):
         return 2
     failed = []
     if not FLAGS.report_only:
-        failed = run_grid(grid, dry_run=FLAGS.dry_run, log=lambda s: print(s, flush=True))
+        try:
+            failed = run_grid(grid, dry_run=FLAGS.dry_run, log=lambda s: print(s, flush=True),
+                              only_methods=FLAGS.only_methods)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         if FLAGS.dry_run:
             return 0
     paths = write_report(grid)

@@ -11,8 +11,8 @@ A grid file (``configs/grids/<name>.yaml``) names a base config and the axes::
     seeds: [42, 43, 44]                         # train.seed values
     sweep: {key: coco.codebook_size, values: [16, 64], methods: [coco]}   # optional
 
-Runs are ordered method-major (every seed of the first method, then the next), so
-a grid cut short still has complete rows. Each run is ``python -m coco_tf.train``
+Runs are ordered seed-major (every method for the first seed, then the next
+seed), so a grid cut short still compares every method on the same seeds. Each run is ``python -m coco_tf.train``
 in a subprocess writing ``<out_dir>/<backbone>/<method>/seed<k>/``; a run whose
 ``metrics.json`` exists is skipped, and an interrupted run resumes from its last
 checkpoint (the trainer's own resume), so rerunning the same command continues a
@@ -68,23 +68,25 @@ class Grid:
         return os.path.splitext(os.path.basename(self.path))[0]
 
     def runs(self) -> List[Run]:
+        """Every cell, seed-major: all methods for the first seed, then the next seed."""
         out = []
-        for backbone, (label, method_overrides) in itertools.product(self.backbones, self.methods.items()):
+        for seed, backbone, (label, method_overrides) in itertools.product(
+            self.seeds, self.backbones, self.methods.items()
+        ):
             values = [None]
             if self.sweep and label in self.sweep["methods"]:
                 values = list(self.sweep["values"])
             for value in values:
-                for seed in self.seeds:
-                    ov = dict(self.overrides)
-                    ov.update(method_overrides)
-                    ov["model.backbone"] = backbone
-                    ov["train.seed"] = seed
-                    cell = label
-                    if value is not None:
-                        ov[self.sweep["key"]] = value
-                        cell = f"{label}@{self.sweep['key'].split('.')[-1]}={value}"
-                    run_dir = os.path.join(self.out_dir, backbone, cell, f"seed{seed}")
-                    out.append(Run(backbone, label, seed, ov, run_dir, value))
+                ov = dict(self.overrides)
+                ov.update(method_overrides)
+                ov["model.backbone"] = backbone
+                ov["train.seed"] = seed
+                cell = label
+                if value is not None:
+                    ov[self.sweep["key"]] = value
+                    cell = f"{label}@{self.sweep['key'].split('.')[-1]}={value}"
+                run_dir = os.path.join(self.out_dir, backbone, cell, f"seed{seed}")
+                out.append(Run(backbone, label, seed, ov, run_dir, value))
         return out
 
 
@@ -169,9 +171,15 @@ def train_command(grid: Grid, run: Run) -> List[str]:
     return cmd
 
 
-def run_grid(grid: Grid, dry_run: bool = False, log=print) -> List[Run]:
-    """Trains every run not done yet, one after the other. Returns the runs that failed."""
-    runs = grid.runs()
+def run_grid(grid: Grid, dry_run: bool = False, log=print, only_methods=None) -> List[Run]:
+    """Trains every run not done yet (of ``only_methods`` labels, if given), one after the other.
+
+    Returns the runs that failed."""
+    if only_methods:
+        unknown = sorted(set(only_methods) - set(grid.methods))
+        if unknown:
+            raise ConfigError(f"--only_methods: unknown label(s) {', '.join(unknown)}; labels: {', '.join(grid.methods)}")
+    runs = [r for r in grid.runs() if not only_methods or r.method in only_methods]
     failed = []
     cache = os.path.join(grid.out_dir, "llm_cache")  # the item text table is shared by every run
     for i, run in enumerate(runs, 1):

@@ -164,7 +164,7 @@ class CoCoModel(UserLevelRetrievalModel):
             probe = self._align(
                 h_rs, tf.stop_gradient(h_prompt), tf.stop_gradient(h_mix), mix_mask, prompt_mask, False
             )
-            decision = contradiction_decision(probe, h_rs, self.item_embedding(target_ids))
+            decision = contradiction_decision(probe, h_rs, self.candidate_embeddings(target_ids))
         if self.ablation != "con":
             h_mix = self.gradient_mask(h_mix, decision)
             h_prompt = self.gradient_mask(h_prompt, decision)

@@ -20,9 +20,7 @@ returning ``(user [B, d], extra_losses: dict, metrics: dict)``.
 
 from __future__ import annotations
 
-import numpy as np
 import tensorflow as tf
-import tf_keras as keras
 
 from coco_tf.models.backbone import last_valid_index
 from coco_tf.models.retrieval_model import SequentialRetrievalModel
@@ -32,19 +30,8 @@ class UserLevelRetrievalModel(SequentialRetrievalModel):
     """Base: backbone → h_RS → (subclass) → user vector, loss ``L_r + α·L_aux + extras``."""
 
     def __init__(self, num_items: int, item_text_table, alpha: float = 0.2, **kwargs):
-        super().__init__(num_items=num_items, **kwargs)
-        table = np.asarray(item_text_table, np.float32)
-        if table.ndim != 2 or table.shape[0] != num_items + 1:
-            raise ValueError(f"item_text_table must be [num_items + 1, d_llm] = [{num_items + 1}, *], got {table.shape}")
+        super().__init__(num_items=num_items, item_text_table=item_text_table, **kwargs)
         self.alpha = float(alpha)
-        self.text_dim = int(table.shape[1])
-        self.item_text = keras.layers.Embedding(
-            num_items + 1,
-            self.text_dim,
-            embeddings_initializer=keras.initializers.Constant(table),
-            trainable=False,
-            name="item_text_table",
-        )
 
     # ---------------------------------------------------------------- pieces
     def history_text(self, history):
@@ -67,7 +54,7 @@ class UserLevelRetrievalModel(SequentialRetrievalModel):
 
     def _retrieval_loss(self, queries, target_ids):
         if self.task.loss == "in_batch":
-            return self.task(queries, target_ids, candidates=self.item_embedding(target_ids))
+            return self.task(queries, target_ids, candidates=self.candidate_embeddings(target_ids))
         return self.task(queries, target_ids, self.item_table())
 
     def compute_loss_and_metrics(self, features, training=False):

@@ -1,7 +1,10 @@
 """The sequential retrieval model: a TFRS two-tower model.
 
 * candidate tower: the item-id embedding table ``E [num_items + 1, d]`` (row 0
-  is padding and is never scored);
+  is padding and is never scored); with ``model.item_text`` each candidate is
+  ``seen_i · E_i + W · text_i`` — the frozen item text table projected to ``d``
+  — and items that never occur in the training split (cold items, ``seen_i =
+  0``) are scored by their text alone;
 * query tower: a registered backbone (``model.backbone``) that reads the same
   table for its inputs;
 * task: :class:`coco_tf.tasks.retrieval.NextItemRetrieval` (``train.loss``).
@@ -15,6 +18,7 @@ One example from data to loss::
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras as keras
@@ -44,8 +48,14 @@ class SequentialRetrievalModel(tfrs.Model):
         loss: str = "full_softmax",
         temperature: float = 1.0,
         backbone_kwargs=None,
+        item_text_table=None,
+        text_in_candidates: bool = False,
+        seen_items=None,
         **kwargs,
     ):
+        """``item_text_table``: ``[num_items + 1, d_llm]`` frozen LLM item vectors (row 0 zeros);
+        needed by ``text_in_candidates`` (``model.item_text``), which also takes
+        ``seen_items``: bool ``[num_items + 1]``, the items of the training split."""
         super().__init__(**kwargs)
         self.num_items = num_items
         self.embedding_dim = embedding_dim
@@ -55,6 +65,31 @@ class SequentialRetrievalModel(tfrs.Model):
             embeddings_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
             name="item_embedding",
         )
+        self.item_text = None
+        if item_text_table is not None:
+            table = np.asarray(item_text_table, np.float32)
+            if table.ndim != 2 or table.shape[0] != num_items + 1:
+                raise ValueError(
+                    f"item_text_table must be [num_items + 1, d_llm] = [{num_items + 1}, *], got {table.shape}"
+                )
+            self.text_dim = int(table.shape[1])
+            self.item_text = keras.layers.Embedding(
+                num_items + 1,
+                self.text_dim,
+                embeddings_initializer=keras.initializers.Constant(table),
+                trainable=False,
+                name="item_text_table",
+            )
+        self.text_in_candidates = bool(text_in_candidates)
+        if self.text_in_candidates:
+            if self.item_text is None:
+                raise ValueError("text_in_candidates (model.item_text) needs item_text_table")
+            seen = np.ones([num_items + 1], np.float32) if seen_items is None else np.asarray(seen_items, np.float32)
+            if seen.shape != (num_items + 1,):
+                raise ValueError(f"seen_items must have shape [{num_items + 1}], got {seen.shape}")
+            self.item_seen = tf.Variable(seen[:, None], trainable=False, name="item_seen_mask")
+            self.text_projection = keras.layers.Dense(embedding_dim, use_bias=False, name="item_text_projection")
+            self.text_projection.build([None, self.text_dim])  # created before the optimizer is built
         self.backbone = get_backbone(backbone)(
             self.item_embedding, max_len=max_len, hidden_dim=embedding_dim, name=backbone, **(backbone_kwargs or {})
         )
@@ -72,8 +107,23 @@ class SequentialRetrievalModel(tfrs.Model):
             self.item_embedding.build(None)
         emb = self.item_embedding.embeddings
         if hasattr(emb, "variables") and isinstance(getattr(emb, "variables"), (list, tuple)):
-            return tf.concat([tf.convert_to_tensor(v) for v in emb.variables], axis=0)
-        return tf.convert_to_tensor(emb)
+            table = tf.concat([tf.convert_to_tensor(v) for v in emb.variables], axis=0)
+        else:
+            table = tf.convert_to_tensor(emb)
+        if not self.text_in_candidates:
+            return table
+        if not self.item_text.built:
+            self.item_text.build(None)
+        text = tf.stop_gradient(tf.convert_to_tensor(self.item_text.embeddings))
+        return table * self.item_seen + self.text_projection(text)
+
+    def candidate_embeddings(self, ids: tf.Tensor) -> tf.Tensor:
+        """Rows of :meth:`item_table` for ``ids`` ``[...]`` -> ``[..., d]`` (sparse lookups)."""
+        emb = self.item_embedding(ids)
+        if not self.text_in_candidates:
+            return emb
+        seen = tf.gather(self.item_seen, ids)
+        return emb * seen + self.text_projection(tf.stop_gradient(self.item_text(ids)))
 
     def call(self, features, training=None):
         history = features["history"] if isinstance(features, dict) else features
@@ -87,7 +137,7 @@ class SequentialRetrievalModel(tfrs.Model):
         """
         queries, targets = self.backbone.training_queries(features, training=training)
         if self.task.loss == "in_batch":
-            return self.task(queries, targets, candidates=self.item_embedding(targets))
+            return self.task(queries, targets, candidates=self.candidate_embeddings(targets))
         return self.task(queries, targets, self.item_table())
 
     def compute_loss(self, features, training=False) -> tf.Tensor:
@@ -100,11 +150,14 @@ class SequentialRetrievalModel(tfrs.Model):
         return tf.matmul(user, self.item_table(), transpose_b=True)
 
 
-def build_model(cfg: Config, num_items: int, llm_assets=None) -> SequentialRetrievalModel:
+def build_model(cfg: Config, num_items: int, llm_assets=None, seen_items=None) -> SequentialRetrievalModel:
     """The model for ``cfg.coco.method``: ``base``, ``kar`` or ``coco``.
 
-    ``kar`` and ``coco`` need ``llm_assets`` (``coco_tf.llm.assets.build_llm_assets``:
-    the item text table, the base decoder weights and the prompt encodings).
+    ``kar``, ``coco`` and ``model.item_text`` need ``llm_assets``
+    (``coco_tf.llm.assets.build_llm_assets``: the item text table, the base
+    decoder weights and the prompt encodings). ``seen_items``: bool
+    ``[num_items + 1]``, the training split's items (``model.item_text``: the
+    others are scored by their text alone); ``None``: all.
     """
     m = cfg.model
     common = dict(
@@ -122,17 +175,19 @@ def build_model(cfg: Config, num_items: int, llm_assets=None) -> SequentialRetri
         },
     )
     method = cfg.coco.method
+    if (method != "base" or m.item_text) and llm_assets is None:
+        raise ValueError(f"coco.method={method} / model.item_text needs llm_assets (coco_tf.llm.assets.build_llm_assets)")
+    if m.item_text:
+        common.update(item_text_table=llm_assets.item_text_table, text_in_candidates=True, seen_items=seen_items)
     if method == "base":
         return SequentialRetrievalModel(**common, name="sequential_retrieval")
-    if llm_assets is None:
-        raise ValueError(f"coco.method={method} needs llm_assets (coco_tf.llm.assets.build_llm_assets)")
     c = cfg.coco
     if method == "kar":
         from coco_tf.models.kar import KARModel
 
+        common.setdefault("item_text_table", llm_assets.item_text_table)
         return KARModel(
             **common,
-            item_text_table=llm_assets.item_text_table,
             llm=llm_assets.make_decoder(lora_rank=0),
             prompt_vectors=llm_assets.kar_prompts,
             alpha=c.alpha,
@@ -141,9 +196,9 @@ def build_model(cfg: Config, num_items: int, llm_assets=None) -> SequentialRetri
     from coco_tf.models.coco_model import CoCoModel
 
     lora_rank = 0 if c.ablation == "con" else cfg.llm.lora_rank
+    common.setdefault("item_text_table", llm_assets.item_text_table)
     return CoCoModel(
         **common,
-        item_text_table=llm_assets.item_text_table,
         llm=llm_assets.make_decoder(lora_rank, cfg.llm.lora_alpha, cfg.llm.lora_dropout),
         codebook_size=c.codebook_size,
         num_shared_prompts=c.num_shared_prompts,

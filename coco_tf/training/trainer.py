@@ -182,12 +182,19 @@ class Trainer(EpochEndMixin):
         # kar / coco: the frozen base decoder encodes the catalog titles once (cached
         # on disk) and the prompt texts; the model's decoder starts from its weights.
         self.llm_assets = None
-        if cfg.coco.method != "base":
+        if cfg.coco.method != "base" or cfg.model.item_text:
             from coco_tf.llm.assets import build_llm_assets
 
             cache_dir = cfg.llm.cache_dir or os.path.join(self.model_dir, "cache")
             self.llm_assets = build_llm_assets(cfg, self.dataset.titles, cache_dir)
-        self.model = build_model(cfg, self.dataset.num_items, self.llm_assets)
+        seen = None
+        if cfg.model.item_text:  # items of the training split; the others are cold (text only)
+            seen = np.zeros([self.dataset.num_items + 1], bool)
+            for seq in self.split.train:
+                seen[np.asarray(seq, np.int64)] = True
+            logging.info("model.item_text: %d catalog items never occur in training (scored by text)",
+                         self.dataset.num_items - int(seen[1:].sum()))
+        self.model = build_model(cfg, self.dataset.num_items, self.llm_assets, seen_items=seen)
         self.optimizer = make_optimizer(cfg)
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.best_score = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_score")

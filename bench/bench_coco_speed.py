@@ -1,0 +1,90 @@
+"""Training throughput of CoCo (and KAR) against the base model, in one process.
+
+    python bench/bench_coco_speed.py                                   # synthetic catalog
+    python bench/bench_coco_speed.py --data_path ../shared/data/amazon-beauty --config configs/beauty_sasrec.yaml
+
+Builds each method with the same config (tiny LLM), takes the same training
+batches (length-bucketed, as in training), warms up, then times the compiled
+train step in interleaved blocks (base, kar, coco, base, kar, coco, ...) so
+that a busy machine slows every method alike. Prints users (training
+examples) per second per method — the median over blocks — and the ratio to
+base. Target from the CoCo issue: coco ÷ base ≥ 0.5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import tensorflow as tf  # noqa: E402
+
+from coco_tf.config import load_config  # noqa: E402
+from coco_tf.data.loader import load_dataset  # noqa: E402
+from coco_tf.data.pipeline import train_dataset  # noqa: E402
+from coco_tf.training.trainer import Trainer  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=None, help="YAML config (default: the built-in defaults)")
+    ap.add_argument("--data_path", default="", help="dataset directory (sets data.source=text); empty: synthetic")
+    ap.add_argument("--methods", default="base,kar,coco")
+    ap.add_argument("--steps", type=int, default=20, help="train steps per timed block")
+    ap.add_argument("--blocks", type=int, default=5, help="timed blocks per method")
+    ap.add_argument("--set", action="append", default=[], help="extra config override key=value")
+    args = ap.parse_args()
+
+    overrides = ["runtime.progress=false"] + args.set
+    if args.data_path:
+        overrides += ["data.source=text", f"data.path={args.data_path}"]
+    work = tempfile.mkdtemp(prefix="bench_coco_speed_")
+    methods = args.methods.split(",")
+    cfg0 = load_config(args.config, overrides)
+    dataset = load_dataset(cfg0.data)
+    trainers, batches = {}, None
+    for method in methods:
+        cfg = load_config(
+            args.config,
+            overrides + [f"coco.method={method}", f"runtime.model_dir={work}/{method}", f"llm.cache_dir={work}/cache"],
+        )
+        tr = Trainer(cfg, dataset=dataset)
+        tr._build()
+        if batches is None:
+            ds = train_dataset(tr.split.train, cfg.data.max_len, cfg.train.batch_size, cfg.train.seed,
+                               cfg.data.bucket_by_length)
+            batches = list(ds.take(args.steps * 2))
+        for b in batches:  # warm-up: traces once per signature, fills caches
+            tr._train_step(b)
+        trainers[method] = tr
+    users = sum(int(b["history"].shape[0]) for b in batches[: args.steps])
+    rates = {m: [] for m in methods}
+    for block in range(args.blocks):
+        for method in methods:
+            step = trainers[method]._train_step
+            chunk = batches[(block % 2) * args.steps:(block % 2 + 1) * args.steps]
+            n = sum(int(b["history"].shape[0]) for b in chunk)
+            t0 = time.perf_counter()
+            for b in chunk:
+                out = step(b)
+            tf.nest.map_structure(lambda x: x.numpy(), out)
+            rates[method].append(n / (time.perf_counter() - t0))
+    base = statistics.median(rates["base"]) if "base" in rates else None
+    print(f"\n{cfg0.data.source} data, {dataset.describe()}; batch {cfg0.train.batch_size}, "
+          f"{args.blocks} blocks x {args.steps} steps (~{users} users per block), tiny LLM\n")
+    print("| method | users/s (median) | min | max | ÷ base |")
+    print("|---|---|---|---|---|")
+    for m in methods:
+        med = statistics.median(rates[m])
+        ratio = f"{med / base:.2f}" if base else "–"
+        print(f"| {m} | {med:.0f} | {min(rates[m]):.0f} | {max(rates[m]):.0f} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Reload a finished run and read CoCo's internals for the plots.
+
+:func:`load_run` rebuilds a run's model from its ``config.yaml`` (same seed, so
+``restore=False`` gives the initial weights the run started from) and restores
+the best checkpoint. :func:`coco_internals` runs the CoCo user tower in
+inference mode and returns, per user, the behavioural vector ``h_RS``, the
+LLM-output vector (the decoupled pure semantics ``h_pure`` of eq. 5,
+mean-pooled over the selected prompt slots) and the number of selected private
+prompts ``m``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from coco_tf.config import load_config
+from coco_tf.data.loader import load_dataset
+from coco_tf.data.split import leave_one_out
+from coco_tf.models.backbone import last_valid_index
+from coco_tf.models.retrieval_model import build_model
+
+
+@dataclasses.dataclass
+class LoadedRun:
+    cfg: object
+    model: object
+    split: object
+    restored: bool
+
+
+def load_run(run_dir: str, restore: bool = True, dataset=None) -> LoadedRun:
+    """The model of ``run_dir`` (best checkpoint when ``restore``; its initial weights otherwise)."""
+    cfg_path = os.path.join(run_dir, "config.yaml")
+    if not os.path.exists(cfg_path):
+        raise FileNotFoundError(f"{run_dir}: no config.yaml (not a coco_tf run directory)")
+    cfg = load_config(cfg_path)
+    keras.utils.set_random_seed(cfg.train.seed)  # the trainer's order: seed, data, LLM assets, model
+    dataset = dataset if dataset is not None else load_dataset(cfg.data)
+    split = leave_one_out(dataset.sequences)
+    assets = None
+    seen = None
+    if cfg.coco.method != "base" or cfg.model.item_text:
+        from coco_tf.llm.assets import build_llm_assets
+
+        assets = build_llm_assets(cfg, dataset.titles, cfg.llm.cache_dir or os.path.join(run_dir, "cache"))
+    if cfg.model.item_text:
+        seen = np.zeros([dataset.num_items + 1], bool)
+        for seq in split.train:
+            seen[np.asarray(seq, np.int64)] = True
+    model = build_model(cfg, dataset.num_items, assets, seen_items=seen)
+    model({"history": tf.ones([1, 2], tf.int64)}, training=False)
+    if restore:
+        best = tf.train.latest_checkpoint(os.path.join(run_dir, "best"))
+        if best is None:
+            raise FileNotFoundError(f"{run_dir}/best: no checkpoint (did the run finish an evaluation?)")
+        tf.train.Checkpoint(model=model).restore(best).expect_partial()
+    return LoadedRun(cfg, model, split, restore)
+
+
+def coco_internals(model, histories: np.ndarray, batch_size: int = 512) -> dict:
+    """For a CoCo model and int64 ``histories [U, T]``: ``h_rs [U, d]``, ``llm_out [U, d_llm]``, ``m [U]``."""
+    out = {"h_rs": [], "llm_out": [], "m": []}
+    for start in range(0, len(histories), batch_size):
+        history = tf.constant(histories[start:start + batch_size], tf.int64)
+        states = model.backbone.encode(history, training=False)
+        h_rs = tf.gather(states, last_valid_index(history != 0), batch_dims=1)
+        sel = model.codebook(model.proj(h_rs))
+        h_prompt, prompt_mask = sel["prompts"], sel["prompt_mask"]
+        h_text, text_mask = model.history_text(history)
+        mix_mask = tf.concat([prompt_mask, text_mask], axis=1)
+        h_mix = model.llm(
+            {"inputs_embeds": tf.concat([h_prompt, tf.cast(h_text, h_prompt.dtype)], axis=1),
+             "padding_mask": tf.cast(mix_mask, tf.int32)},
+            training=False,
+        )
+        h_pure = model.decoupling(h_prompt, tf.cast(h_mix, h_rs.dtype), mix_mask, training=False)  # [B, P, d_llm]
+        w = tf.cast(prompt_mask, h_pure.dtype)[..., None]
+        pooled = tf.reduce_sum(h_pure * w, axis=1) / tf.maximum(tf.reduce_sum(w, axis=1), 1.0)
+        out["h_rs"].append(h_rs.numpy())
+        out["llm_out"].append(pooled.numpy())
+        out["m"].append(np.asarray(sel["num_selected"]))
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def test_histories(split, max_len: int, limit: Optional[int] = None, seed: int = 0) -> np.ndarray:
+    """Left-padded int64 ``[U, max_len]`` test histories (a random ``limit`` of them)."""
+    hist = split.test.histories
+    idx = np.arange(len(hist))
+    if limit is not None and limit < len(idx):
+        idx = np.sort(np.random.default_rng(seed).choice(idx, size=limit, replace=False))
+    out = np.zeros([len(idx), max_len], np.int64)
+    for row, i in enumerate(idx):
+        h = np.asarray(hist[i], np.int64)[-max_len:]
+        out[row, max_len - len(h):] = h
+    return out

@@ -1,0 +1,123 @@
+"""The experiment grid end to end on a tiny synthetic catalog: runs in subprocesses, skips
+finished runs, writes the CSV / markdown table (mean ± std, Δ over base) and the PNG plots;
+bad grid files fail before anything trains, naming the file and the key."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from coco_tf.config import ConfigError
+from coco_tf.experiments.grid import load_grid
+from coco_tf.experiments.report import markdown_table, mean_std, summarize
+from coco_tf.experiments.tsne import kl_divergence, tsne
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+GRID = """
+base_config: {base}
+overrides:
+  data.synthetic_num_users: 120
+  data.synthetic_num_items: 50
+  data.synthetic_max_len: 8
+  data.max_len: 6
+  model.embedding_dim: 64   # = the tiny LLM's width: the t-SNE puts both vector sets in one space
+  model.num_blocks: 1
+  train.epochs: 1
+  train.batch_size: 64
+  train.loss: in_batch
+  coco.codebook_size: 8
+  coco.max_prompts: 3
+  llm.lora_rank: 2
+methods:
+  base: {{coco.method: base}}
+  coco: {{coco.method: coco}}
+seeds: [1, 2]
+sweep: {{key: coco.threshold, values: [0.2], methods: [coco]}}
+"""
+
+
+def _write(tmp_path, text, name="grid.yaml"):
+    base = tmp_path / "base.yaml"
+    base.write_text("runtime:\n  progress: false\n")
+    path = tmp_path / name
+    path.write_text(text.format(base=base))
+    return str(path)
+
+
+def _cli(*args):
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "coco_tf.experiments", *args], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=900)
+
+
+def test_grid_trains_reports_skips_and_plots(tmp_path):
+    grid_path = _write(tmp_path, GRID)
+    out = tmp_path / "out"
+    res = _cli("--grid", grid_path, "--out_dir", str(out), "--plots")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert sorted((r["method"], r["seed"]) for r in rows) == [
+        ("base", "1"), ("base", "2"), ("coco@threshold=0.2", "1"), ("coco@threshold=0.2", "2")]
+    coco_rows = [r for r in rows if r["method"].startswith("coco")]
+    assert all(0.0 <= float(r["m1_fraction"]) <= 1.0 for r in coco_rows)
+    table = (out / "results.md").read_text()
+    assert "4 of 4 runs finished" in table and "| sasrec | coco@threshold=0.2 | 2 |" in table
+    for name in ("tsne_sasrec.png", "m_hist_sasrec.png", "sweep_threshold.png"):
+        png = out / "plots" / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    # A second call trains nothing: every run has its metrics.json.
+    again = _cli("--grid", grid_path, "--out_dir", str(out))
+    assert again.returncode == 0 and again.stdout.count("done, skipped") == 4, again.stdout
+
+
+def test_summary_mean_std_and_relative_improvement_by_hand():
+    rows = [
+        {"backbone": "sasrec", "method": "base", "seed": 1, "recall@5": 0.10, "ndcg@5": 0.05, "recall@10": 0.2,
+         "ndcg@10": 0.1, "wall_seconds": 10},
+        {"backbone": "sasrec", "method": "base", "seed": 2, "recall@5": 0.12, "ndcg@5": 0.07, "recall@10": 0.2,
+         "ndcg@10": 0.1, "wall_seconds": 10},
+        {"backbone": "sasrec", "method": "coco", "seed": 1, "recall@5": 0.121, "ndcg@5": 0.06, "recall@10": 0.2,
+         "ndcg@10": 0.1, "wall_seconds": 20, "m1_fraction": 0.4},
+    ]
+    s = {x["method"]: x for x in summarize(rows)}
+    assert s["base"]["recall@5"][0] == pytest.approx(0.11)
+    assert s["base"]["recall@5"][1] == pytest.approx(np.std([0.10, 0.12], ddof=1))
+    assert s["coco"]["rel"]["recall@5"] == pytest.approx((0.121 - 0.11) / 0.11)
+    assert s["coco"]["rel"]["ndcg@5"] == pytest.approx(0.0)
+    assert mean_std([1.0]) == (1.0, 0.0)
+    table = markdown_table(summarize(rows))
+    assert "+10.0%" in table and "0.1100 ± 0.0141" in table
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("base_config: {base}\nmethods: {{b: {{coco.method: base}}}}\nseeds: [1]\nepochs: 3\n", "unknown key(s) epochs"),
+        ("base_config: {base}\nmethods: {{b: {{coco.method: bert}}}}\nseeds: [1]\n", "coco.method"),
+        ("base_config: {base}\nmethods: {{b: {{coco.method: base}}}}\nseeds: [one]\n", "'seeds'"),
+        ("base_config: {base}\nmethods: [base]\nseeds: [1]\n", "'methods'"),
+        ("base_config: {base}\nmethods: {{b: {{}}}}\nseeds: [1]\nsweep: {{key: coco.threshold, values: [1], methods: [c]}}\n",
+         "unknown method label"),
+        ("base_config: {base}\nmethods: {{b: {{}}\n", "not valid YAML"),
+    ],
+)
+def test_bad_grid_files_name_file_and_key(tmp_path, text, expected):
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_grid(path)
+    assert str(path) in str(e.value) and expected in str(e.value)
+
+
+def test_tsne_keeps_clusters_apart():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 40)
+    x = rng.normal(size=(3, 10))[labels] * 6 + rng.normal(size=(120, 10))
+    y = tsne(x, perplexity=15, iterations=300, seed=0)
+    d = ((y[:, None] - y[None]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    assert (labels[d.argmin(1)] == labels).mean() > 0.95
+    assert kl_divergence(x, y, 15) < 0.5 * kl_divergence(x, rng.normal(size=(120, 2)), 15)
