@@ -100,13 +100,22 @@ class SequentialRetrievalModel(tfrs.Model):
         return tf.matmul(user, self.item_table(), transpose_b=True)
 
 
-def build_model(cfg: Config, num_items: int, llm_assets=None) -> SequentialRetrievalModel:
-    """The model for ``cfg.coco.method``: ``base``, ``kar`` or ``coco``.
+def build_model(cfg: Config, num_items: int, llm_assets=None, attributes=None) -> SequentialRetrievalModel:
+    """The model for ``cfg.coco.method``: ``base``, ``kar`` or ``coco``, on ``cfg.model.backbone``.
 
     ``kar`` and ``coco`` need ``llm_assets`` (``coco_tf.llm.assets.build_llm_assets``:
     the item text table, the base decoder weights and the prompt encodings).
+    ``attributes``: ``SequenceDataset.attributes`` ({name: int [num_items + 1]}), the
+    item features of feature-aware backbones (fdsa, s3rec), passed as constants.
     """
     m = cfg.model
+    backbone_kwargs = {
+        "num_blocks": m.num_blocks,
+        "num_heads": m.num_heads,
+        "ffn_dim": m.ffn_dim,
+        "dropout": m.dropout,
+    }
+    backbone_kwargs.update(get_backbone(m.backbone).config_kwargs(cfg, attributes))
     common = dict(
         num_items=num_items,
         backbone=m.backbone,
@@ -114,12 +123,7 @@ def build_model(cfg: Config, num_items: int, llm_assets=None) -> SequentialRetri
         max_len=cfg.data.max_len,
         loss=cfg.train.loss,
         temperature=cfg.train.temperature,
-        backbone_kwargs={
-            "num_blocks": m.num_blocks,
-            "num_heads": m.num_heads,
-            "ffn_dim": m.ffn_dim,
-            "dropout": m.dropout,
-        },
+        backbone_kwargs=backbone_kwargs,
     )
     method = cfg.coco.method
     if method == "base":
