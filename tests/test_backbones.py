@@ -8,6 +8,7 @@ on a tiny synthetic catalog beating a popularity ranker on the same test split.
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -26,6 +27,8 @@ from coco_tf.models.retrieval_model import SequentialRetrievalModel
 from coco_tf.models.s3rec import S3Rec
 from coco_tf.training.trainer import Trainer
 
+sys.path.insert(0, os.path.dirname(__file__))
+
 NEW = ("bert4rec", "fdsa", "s3rec", "pinnerformer")
 
 TINY = [
@@ -41,6 +44,7 @@ TINY = [
     "eval.ks=[5,10]",
     "runtime.progress=false",
 ]
+EPOCHS = {"bert4rec": 8, "fdsa": 3, "s3rec": 3, "pinnerformer": 3}  # the cloze task learns more slowly
 
 
 def items(n=40, d=8):
@@ -83,10 +87,17 @@ def test_bert4rec_masking_rate_targets_and_mask_token():
 
     # training_queries: the targets are the original items at the masked positions, never [MASK].
     history, targets = seq[:, :-1], seq[:, 1:] * (seq[:, :-1] != 0)
-    q, t = tower.training_queries({"history": tf.constant(history), "targets": tf.constant(targets)})
+    features = {"history": tf.constant(history), "targets": tf.constant(targets)}
+    tower.last_item_samples = False
+    q, t = tower.training_queries(features)
     assert q.shape[0] == t.shape[0] > 0 and q.shape[1] == 8
     assert t.numpy().min() >= 1 and t.numpy().max() <= n_items
     assert abs(t.shape[0] / valid.sum() - 0.3) < 0.03
+    # The paper's extra samples: [MASK] after each history predicts its last target.
+    tower.last_item_samples = True
+    q2, t2 = tower.training_queries(features)
+    np.testing.assert_array_equal(t2.numpy()[-400:], seq[np.arange(400), lengths - 1])
+    np.testing.assert_allclose(q2.numpy()[-400:], model({"history": features["history"]}).numpy(), atol=1e-5)
     # The mask token is not a candidate: scores cover padding + the real items only.
     user = model({"history": tf.constant(history[:4])})
     assert model.score_all(user).shape == (4, n_items + 1)
@@ -175,7 +186,7 @@ def test_feature_backbones_need_attributes():
 # ------------------------------------------------------------------ S3Rec
 def test_s3rec_pretraining_losses_decrease():
     tf.keras.utils.set_random_seed(3)
-    data = generate_synthetic(num_users=200, num_items=60, min_len=5, max_len=12, seed=3)
+    data = generate_synthetic(num_users=96, num_items=60, min_len=5, max_len=12, seed=3)
     tower = S3Rec(items(60, 16), max_len=12, hidden_dim=16, num_blocks=1, dropout=0.0,
                   attribute_tables={k: data.attributes[k] for k in ("category", "brand")})
     seqs = [s[-13:] for s in data.sequences]
@@ -196,7 +207,7 @@ def test_s3rec_pretraining_losses_decrease():
         opt.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
         return losses
 
-    history = [{k: float(v) for k, v in step().items()} for _ in range(40)]
+    history = [{k: float(v) for k, v in step().items()} for _ in range(25)]
     for name in ("aap", "mip", "map", "sp", "total"):
         first = np.mean([h[name] for h in history[:5]])
         last = np.mean([h[name] for h in history[-5:]])
@@ -215,15 +226,90 @@ def popularity_metrics(trainer, ks=(5, 10)):
     return metrics_from_ranks(ranks, ks)
 
 
+def write_text_dataset(root, data):
+    """The catalog in the text format: sequences.txt and items.tsv with a categories column (no brand)."""
+    root.mkdir()
+    with open(root / "sequences.txt", "w") as fh:
+        for u, seq in enumerate(data.sequences):
+            fh.write(f"{u + 1} " + " ".join(map(str, seq)) + "\n")
+    vocab = data.attribute_vocab["category"]
+    with open(root / "items.tsv", "w") as fh:
+        fh.write("item_id\ttitle\tcategories\n")
+        for i in range(1, data.num_items + 1):
+            fh.write(f"{i}\t{data.titles[i]}\t{vocab[data.attributes['category'][i]]} | Other>Path\n")
+
+
 @pytest.mark.parametrize("backbone", NEW)
 def test_backbone_trains_and_beats_popularity(tmp_path, backbone):
-    cfg = load_config(overrides=TINY + [f"model.backbone={backbone}", "train.epochs=4",
-                                        "model.s3rec_pretrain_epochs=2", f"runtime.model_dir={tmp_path}"])
-    trainer = Trainer(cfg)
+    """Each backbone through the Trainer (``--set model.backbone=...``); FDSA reads the text format,
+    whose only feature is the items.tsv category column."""
+    overrides = [f"model.backbone={backbone}", f"train.epochs={EPOCHS[backbone]}", "model.s3rec_pretrain_epochs=2",
+                 f"runtime.model_dir={tmp_path / 'run'}"]
+    if backbone == "fdsa":
+        data = generate_synthetic(num_users=400, num_items=80, min_len=5, max_len=12, seed=7)
+        write_text_dataset(tmp_path / "data", data)
+        overrides += ["data.source=text", f"data.path={tmp_path / 'data'}"]
+    trainer = Trainer(load_config(overrides=TINY + overrides))
     result = trainer.run()
+    if backbone == "fdsa":
+        assert set(trainer.model.backbone.attribute_tables) == {"category"}
+        assert int(trainer.model.backbone.attribute_tables["category"][1:].min()) > 0
     pop = popularity_metrics(trainer)
     assert result["test"]["ndcg@10"] > pop["ndcg@10"], (result["test"], pop)
     assert result["test"]["recall@10"] > pop["recall@10"], (result["test"], pop)
     if backbone == "s3rec":  # the pre-training stage ran first and logged its four losses
-        records = json.load(open(tmp_path / "pretrain.json"))
+        records = json.load(open(tmp_path / "run" / "pretrain.json"))
         assert len(records) == 2 and all(np.isfinite(records[-1][k]) for k in ("aap", "mip", "map", "sp"))
+
+
+class _FakeAssets:
+    """Stands in for ``coco_tf.llm.assets.LLMAssets``: random text table, tiny random decoder."""
+
+    def __init__(self, num_items):
+        rng = np.random.default_rng(0)
+        self.item_text_table = rng.normal(size=(num_items + 1, 64)).astype(np.float32)
+        self.item_text_table[0] = 0
+        self.kar_prompts = rng.normal(size=(2, 64)).astype(np.float32)
+        self.codebook_init = self.shared_init = None
+
+    def make_decoder(self, lora_rank=0, lora_alpha=16.0, lora_dropout=0.0):
+        from coco_tf.models.qwen_backbone import QwenBackbone
+
+        decoder = QwenBackbone.from_preset("tiny", lora_rank=lora_rank, lora_dropout=0.0)
+        decoder.trainable = lora_rank > 0
+        return decoder
+
+
+@pytest.mark.parametrize("backbone,method", [(b, m) for b in NEW for m in ("coco", "kar")])
+def test_coco_and_kar_wrap_every_backbone(backbone, method):
+    """CoCo and KAR take the backbone by name, unchanged (build_model, as the Trainer does):
+    a few Adam steps on a synthetic batch, every loss finite, the backbone's encoder learns."""
+    from coco_tf.models.retrieval_model import build_model
+
+    tf.keras.utils.set_random_seed(6)
+    data = generate_synthetic(num_users=16, num_items=40, min_len=5, max_len=8, seed=6)
+    cfg = load_config(overrides=TINY + [f"model.backbone={backbone}", f"coco.method={method}",
+                                        "coco.codebook_size=8", "coco.max_prompts=3", "coco.threshold=0.0",
+                                        "llm.lora_rank=4", "train.loss=in_batch"])
+    model = build_model(cfg, data.num_items, _FakeAssets(data.num_items), attributes=data.attributes)
+    assert type(model.backbone) is get_backbone(backbone)
+    hist = np.zeros((16, 7), np.int64)
+    tgt = np.zeros((16, 7), np.int64)
+    for i, seq in enumerate(data.sequences):
+        seq = seq[-8:]
+        hist[i, : len(seq) - 1], tgt[i, : len(seq) - 1] = seq[:-1], seq[1:]
+    features = {"history": tf.constant(hist), "targets": tf.constant(tgt)}
+    opt = keras.optimizers.Adam(0.01)
+    losses = []
+    for _ in range(2):
+        with tf.GradientTape() as tape:
+            loss, metrics = model.compute_loss_and_metrics(features, training=True)
+        variables = model.trainable_variables
+        grads = tape.gradient(loss, variables)
+        opt.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
+        losses.append(float(loss))
+        assert all(np.isfinite(float(v)) for v in metrics.values()), metrics
+    block = {v.ref() for v in model.backbone.blocks[0].trainable_variables}
+    encoder = [g for g, v in zip(grads, variables) if v.ref() in block]
+    assert encoder and all(g is not None for g in encoder)  # L_r and the backbone's own L_aux reach it
+    assert model({"history": features["history"]}).shape == (16, 16)
