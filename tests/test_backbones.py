@@ -86,7 +86,7 @@ def test_bert4rec_masking_rate_targets_and_mask_token():
     np.testing.assert_array_equal(masked[~mask], seq[~mask])
 
     # training_queries: the targets are the original items at the masked positions, never [MASK].
-    history, targets = seq[:, :-1], seq[:, 1:] * (seq[:, :-1] != 0)
+    history, targets = seq[:, :-1] * (seq[:, 1:] != 0), seq[:, 1:]  # position t predicts item t + 1
     features = {"history": tf.constant(history), "targets": tf.constant(targets)}
     tower.last_item_samples = False
     q, t = tower.training_queries(features)
