@@ -129,7 +129,7 @@ class MaskTokenMixin:
 
     def _init_mask_token(self, hidden_dim: int):
         self.mask_token_id = int(self.item_embedding.input_dim)  # num_items + 1
-        self.mask_embedding = self.add_weight(
+        self.mask_embedding = self.add_weight(  # owned by the backbone, not the candidate table
             name="mask_token_embedding",
             shape=[hidden_dim],
             initializer=keras.initializers.TruncatedNormal(stddev=0.02),

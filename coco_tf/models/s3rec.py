@@ -71,11 +71,13 @@ class S3Rec(MaskTokenMixin, SASRec):
             vocab, hidden_dim, embeddings_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
             name="attribute_embedding",
         )
-        self.attribute_embedding.build(None)
+        with tf.name_scope(f"{self.name}/attribute_embedding"):
+            self.attribute_embedding.build(None)
         self.heads = {}
         for name in PRETRAIN_LOSSES:
             head = keras.layers.Dense(hidden_dim, use_bias=False, name=f"{name}_head")
-            head.build((None, hidden_dim))
+            with tf.name_scope(f"{self.name}/{head.name}"):
+                head.build((None, hidden_dim))
             self.heads[name] = head
 
     @classmethod
