@@ -70,7 +70,11 @@ class DataConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-    backbone: str = _field("sasrec", "sequential recommender backbone (query tower)", choices=("sasrec",))
+    backbone: str = _field(
+        "sasrec",
+        "sequential recommender backbone (query tower), one file each in coco_tf/models/",
+        choices=("sasrec", "bert4rec", "fdsa", "s3rec", "pinnerformer"),
+    )
     embedding_dim: int = _field(64, "item embedding / hidden size d of the backbone")
     num_blocks: int = _field(2, "transformer blocks in the backbone")
     num_heads: int = _field(1, "attention heads per block")
@@ -81,6 +85,18 @@ class ModelConfig:
         "candidate tower adds the projected frozen-LLM item text vector to the id embedding; items absent from "
         "the training split (cold) are scored by their text alone (builds the LLM item text table, also for base)",
     )
+    attributes: List[str] = _field(
+        ["category", "brand"],
+        "item attribute fields read by fdsa and s3rec (fields the data lacks are skipped; at least one must exist)",
+    )
+    bert4rec_mask_prob: float = _field(0.2, "bert4rec: probability that a training item is replaced by [MASK] (cloze)")
+    pinnerformer_window: int = _field(
+        4, "pinnerformer: each position predicts an item among the next this many actions (dense all-action loss)"
+    )
+    s3rec_pretrain_epochs: int = _field(
+        10, "s3rec: self-supervised pre-training epochs (AAP, MIP, MAP, SP) before fine-tuning (0: none)"
+    )
+    s3rec_mask_prob: float = _field(0.2, "s3rec pre-training: probability that an item is masked (MIP, MAP)")
 
 
 @dataclasses.dataclass
@@ -322,6 +338,21 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"config key 'model.num_heads': {cfg.model.num_heads} does not divide "
             f"model.embedding_dim={cfg.model.embedding_dim}"
+        )
+    for key, value in (("model.bert4rec_mask_prob", cfg.model.bert4rec_mask_prob),
+                       ("model.s3rec_mask_prob", cfg.model.s3rec_mask_prob)):
+        if not 0.0 < value <= 1.0:
+            raise ConfigError(f"config key '{key}': must be in (0, 1], got {value}")
+    if cfg.model.pinnerformer_window <= 0:
+        raise ConfigError(f"config key 'model.pinnerformer_window': must be > 0, got {cfg.model.pinnerformer_window}")
+    if cfg.model.s3rec_pretrain_epochs < 0:
+        raise ConfigError(
+            f"config key 'model.s3rec_pretrain_epochs': must be >= 0, got {cfg.model.s3rec_pretrain_epochs}"
+        )
+    if (cfg.runtime.strategy == "ps" and cfg.model.backbone == "s3rec" and cfg.model.s3rec_pretrain_epochs > 0):
+        raise ConfigError(
+            "config key 'model.s3rec_pretrain_epochs': pre-training runs with runtime.strategy=local only; "
+            "set it to 0 (or pre-train locally) for runtime.strategy=ps"
         )
     if not 0.0 <= cfg.model.dropout < 1.0:
         raise ConfigError(f"config key 'model.dropout': must be in [0, 1), got {cfg.model.dropout}")

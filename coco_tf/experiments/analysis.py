@@ -22,7 +22,6 @@ import tf_keras as keras
 from coco_tf.config import load_config
 from coco_tf.data.loader import load_dataset
 from coco_tf.data.split import leave_one_out
-from coco_tf.models.backbone import last_valid_index
 from coco_tf.models.retrieval_model import build_model
 
 
@@ -53,7 +52,7 @@ def load_run(run_dir: str, restore: bool = True, dataset=None) -> LoadedRun:
         seen = np.zeros([dataset.num_items + 1], bool)
         for seq in split.train:
             seen[np.asarray(seq, np.int64)] = True
-    model = build_model(cfg, dataset.num_items, assets, seen_items=seen)
+    model = build_model(cfg, dataset.num_items, assets, seen_items=seen, attributes=dataset.attributes)
     model({"history": tf.ones([1, 2], tf.int64)}, training=False)
     if restore:
         best = tf.train.latest_checkpoint(os.path.join(run_dir, "best"))
@@ -68,8 +67,7 @@ def coco_internals(model, histories: np.ndarray, batch_size: int = 512) -> dict:
     out = {"h_rs": [], "llm_out": [], "m": []}
     for start in range(0, len(histories), batch_size):
         history = tf.constant(histories[start:start + batch_size], tf.int64)
-        states = model.backbone.encode(history, training=False)
-        h_rs = tf.gather(states, last_valid_index(history != 0), batch_dims=1)
+        _, h_rs = model.backbone.user_states(history, training=False)
         sel = model.codebook(model.proj(h_rs))
         h_prompt, prompt_mask = sel["prompts"], sel["prompt_mask"]
         h_text, text_mask = model.history_text(history)

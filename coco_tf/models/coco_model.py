@@ -17,7 +17,7 @@ Choices (the DESIGN §3 readings, plus):
 * **Training target**: user level, as in the paper — ``v_t`` is the next item of
   the newest history position, and ``L_r`` is the retrieval loss
   (``train.loss``: full softmax or in-batch InfoNCE) of ``h_aligned`` on it.
-  ``L_aux`` is the backbone's causal next-item loss at *every* position (see
+  ``L_aux`` is the backbone's own training objective (next item at *every* position for SASRec; see
   ``llm_augmented``): it includes the paper's ``L_aux`` (the user-level position
   on ``h_RS``) and keeps the base model's full training signal, so ``coco`` is
   ``base`` plus the LLM branch.

@@ -9,8 +9,9 @@ item table, backbone and retrieval task; nothing duplicated) with
 * the user-level objective: one prediction per user, the next item of the
   newest history position (the paper's setting: the LLM runs once per user, not
   once per position);
-* L_aux: the backbone's own causal next-item loss at every position (the base
-  model's objective, normalised the same way), so that an augmented model is
+* L_aux: the backbone's own training objective (``backbone.training_queries``:
+  SASRec's next item at every position, BERT4Rec's cloze, PinnerFormer's future
+  window; the base model's objective, normalised the same way), so that an augmented model is
   "base + LLM branch" and the backbone keeps the full training signal. The
   paper's L_aux is InfoNCE on h_RS; ours covers the user-level position too.
 
@@ -42,9 +43,8 @@ class UserLevelRetrievalModel(SequentialRetrievalModel):
         raise NotImplementedError
 
     def _encode(self, history, training):
-        states = self.backbone.encode(history, training=training)  # [B, T, d]
-        h_rs = tf.gather(states, last_valid_index(history != 0), batch_dims=1)  # [B, d]
-        return states, h_rs
+        """``(states [B, T, d], h_RS [B, d])`` through the backbone's own ``user_states``."""
+        return self.backbone.user_states(history, training=training)
 
     def call(self, features, training=None):
         history = features["history"] if isinstance(features, dict) else features
@@ -69,8 +69,9 @@ class UserLevelRetrievalModel(SequentialRetrievalModel):
         safe_ids = tf.where(target_ids != 0, target_ids, tf.ones_like(target_ids))
         l_r = tf.reduce_sum(self._retrieval_loss(user, safe_ids) * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
 
-        keep = targets != 0
-        aux = self._retrieval_loss(tf.boolean_mask(states, keep), tf.boolean_mask(targets, keep))
+        # The backbone's own objective (next item, cloze, future window...), reusing the states.
+        aux_queries, aux_targets = self.backbone.training_queries(features, training=training, states=states)
+        aux = self._retrieval_loss(aux_queries, aux_targets)
         normalizer = getattr(self, "loss_normalizer", None)
         l_aux = tf.reduce_mean(aux) if normalizer is None else tf.reduce_sum(aux) / normalizer
 

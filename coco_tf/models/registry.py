@@ -7,6 +7,9 @@ A new backbone goes in ``coco_tf/models/<name>.py``, subclasses
     class MyBackbone(SequentialBackbone): ...
 
 and its module is listed in ``_MODULES`` below so that lookup by name imports it.
+Its config keys go in ``ModelConfig`` (``coco_tf/config.py``, prefixed with the
+backbone's name) and reach the constructor through the classmethod
+``config_kwargs(cfg, attributes)``; the name goes in ``model.backbone``'s choices.
 """
 
 from __future__ import annotations
@@ -15,7 +18,13 @@ import importlib
 from typing import Dict, Type
 
 _REGISTRY: Dict[str, type] = {}
-_MODULES = {"sasrec": "coco_tf.models.sasrec"}
+_MODULES = {
+    "sasrec": "coco_tf.models.sasrec",
+    "bert4rec": "coco_tf.models.bert4rec",
+    "fdsa": "coco_tf.models.fdsa",
+    "s3rec": "coco_tf.models.s3rec",
+    "pinnerformer": "coco_tf.models.pinnerformer",
+}
 
 
 def register(name: str):

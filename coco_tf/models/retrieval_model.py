@@ -150,16 +150,27 @@ class SequentialRetrievalModel(tfrs.Model):
         return tf.matmul(user, self.item_table(), transpose_b=True)
 
 
-def build_model(cfg: Config, num_items: int, llm_assets=None, seen_items=None) -> SequentialRetrievalModel:
-    """The model for ``cfg.coco.method``: ``base``, ``kar`` or ``coco``.
+def build_model(
+    cfg: Config, num_items: int, llm_assets=None, seen_items=None, attributes=None
+) -> SequentialRetrievalModel:
+    """The model for ``cfg.coco.method``: ``base``, ``kar`` or ``coco``, on ``cfg.model.backbone``.
 
     ``kar``, ``coco`` and ``model.item_text`` need ``llm_assets``
     (``coco_tf.llm.assets.build_llm_assets``: the item text table, the base
     decoder weights and the prompt encodings). ``seen_items``: bool
     ``[num_items + 1]``, the training split's items (``model.item_text``: the
     others are scored by their text alone); ``None``: all.
+    ``attributes``: ``SequenceDataset.attributes`` ({name: int [num_items + 1]}), the
+    item features of feature-aware backbones (fdsa, s3rec), passed as constants.
     """
     m = cfg.model
+    backbone_kwargs = {
+        "num_blocks": m.num_blocks,
+        "num_heads": m.num_heads,
+        "ffn_dim": m.ffn_dim,
+        "dropout": m.dropout,
+    }
+    backbone_kwargs.update(get_backbone(m.backbone).config_kwargs(cfg, attributes))
     common = dict(
         num_items=num_items,
         backbone=m.backbone,
@@ -167,12 +178,7 @@ def build_model(cfg: Config, num_items: int, llm_assets=None, seen_items=None) -
         max_len=cfg.data.max_len,
         loss=cfg.train.loss,
         temperature=cfg.train.temperature,
-        backbone_kwargs={
-            "num_blocks": m.num_blocks,
-            "num_heads": m.num_heads,
-            "ffn_dim": m.ffn_dim,
-            "dropout": m.dropout,
-        },
+        backbone_kwargs=backbone_kwargs,
     )
     method = cfg.coco.method
     if (method != "base" or m.item_text) and llm_assets is None:

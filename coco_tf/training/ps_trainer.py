@@ -187,7 +187,7 @@ class PSTrainer(EpochEndMixin):
         logging.info("data: %s", self.dataset.describe())
         self.split = leave_one_out(self.dataset.sequences)
         with self.strategy.scope():
-            self.model = build_model(cfg, self.dataset.num_items)
+            self.model = build_model(cfg, self.dataset.num_items, attributes=self.dataset.attributes)
             self.optimizer = make_ps_optimizer(cfg)
             self._tickets = tf.Variable(0, dtype=tf.int64, trainable=False, name="input_shard_tickets")
             self._build()

@@ -9,6 +9,7 @@ Layout of ``model_dir``::
                      also every loss term and the CoCo telemetry (train/..., every 50
                      steps; train_epoch/..., epoch means)
     cache/           the item text table (kar/coco; unless llm.cache_dir is set)
+    pretrain.json    per-epoch pre-training losses (backbones with a pre-training stage: s3rec)
     metrics.json     {"valid": {...}, "test": {...}, "examples_per_sec": ..., "wall_seconds": ...}
 
 An interrupted run started again with the same ``model_dir`` resumes after its
@@ -194,7 +195,8 @@ class Trainer(EpochEndMixin):
                 seen[np.asarray(seq, np.int64)] = True
             logging.info("model.item_text: %d catalog items never occur in training (scored by text)",
                          self.dataset.num_items - int(seen[1:].sum()))
-        self.model = build_model(cfg, self.dataset.num_items, self.llm_assets, seen_items=seen)
+        self.model = build_model(cfg, self.dataset.num_items, self.llm_assets, seen_items=seen,
+                                 attributes=self.dataset.attributes)
         self.optimizer = make_optimizer(cfg)
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.best_score = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_score")
@@ -227,12 +229,18 @@ class Trainer(EpochEndMixin):
 
     # ------------------------------------------------------------------ steps
 
+    @staticmethod
+    def _apply(optimizer, grads, variables):
+        # Variables outside this objective (S3Rec's pre-training heads while
+        # fine-tuning, a [MASK] embedding) have no gradient: skipped quietly.
+        optimizer.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
+
     def _step(self, batch):
         with tf.GradientTape() as tape:
             loss = self.model.compute_loss(batch, training=True)
         variables = self.model.trainable_variables
         grads = tape.gradient(loss, variables)
-        self.optimizer.apply_gradients(zip(grads, variables))
+        self._apply(self.optimizer, grads, variables)
         return loss
 
     def _step_with_metrics(self, batch):
@@ -240,8 +248,57 @@ class Trainer(EpochEndMixin):
             loss, metrics = self.model.compute_loss_and_metrics(batch, training=True)
         variables = self.model.trainable_variables
         grads = tape.gradient(loss, variables)
-        self.optimizer.apply_gradients(zip(grads, variables))
+        self._apply(self.optimizer, grads, variables)
         return loss, metrics
+
+    def pretrain(self, ds, steps_per_epoch: int) -> list:
+        """The backbone's self-supervised stage (S3Rec), before fine-tuning.
+
+        Runs ``backbone.pretrain_epochs`` epochs of ``backbone.pretrain_losses``
+        with its own Adam (``train.learning_rate``) on the training sequences;
+        logs every loss (TensorBoard ``pretrain/<name>``, ``pretrain.json``).
+        Skipped for backbones without one and when resuming from a checkpoint.
+        """
+        backbone = self.model.backbone
+        epochs = int(getattr(backbone, "pretrain_epochs", 0) or 0)
+        if not epochs or not hasattr(backbone, "pretrain_losses"):
+            return []
+        cfg = self.cfg
+        optimizer = keras.optimizers.Adam(learning_rate=cfg.train.learning_rate)
+        variables = backbone.trainable_variables
+        optimizer.build(variables)
+        spec = {"history": tf.TensorSpec([None, None], tf.int64), "targets": tf.TensorSpec([None, None], tf.int64)}
+
+        @tf.function(input_signature=[spec])
+        def step(batch):
+            with tf.GradientTape() as tape:
+                losses = backbone.pretrain_losses(batch, training=True)
+            self._apply(optimizer, tape.gradient(losses["total"], variables), variables)
+            return losses
+
+        records = []
+        for epoch in range(1, epochs + 1):
+            bar = keras.utils.Progbar(steps_per_epoch, verbose=1 if cfg.runtime.progress else 0)
+            if cfg.runtime.progress:
+                print(f"Pre-train epoch {epoch}/{epochs}")
+            sums, n, te = {}, 0, time.time()
+            for i, batch in enumerate(ds):
+                losses = {k: float(v) for k, v in step(batch).items()}
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                n += 1
+                bar.update(i + 1, [("loss", losses["total"])])
+            record = {"epoch": epoch, **{k: round(v / max(n, 1), 6) for k, v in sums.items()},
+                      "seconds": round(time.time() - te, 2)}
+            records.append(record)
+            logging.info("pre-train epoch %d: %s", epoch, record)
+            with self.writer.as_default():
+                for k in sums:
+                    tf.summary.scalar(f"pretrain/{k}", record[k], step=epoch)
+        self.writer.flush()
+        with open(os.path.join(self.model_dir, "pretrain.json"), "w") as fh:
+            json.dump(records, fh, indent=1)
+        return records
 
     def _build(self):
         """Creates model and optimizer variables so that a checkpoint can restore into them."""
@@ -270,6 +327,8 @@ class Trainer(EpochEndMixin):
         steps_per_epoch = count_batches(lengths, cfg.train.batch_size, cfg.data.max_len, cfg.data.bucket_by_length)
         history_path = os.path.join(self.model_dir, "history.json")
         history = json.load(open(history_path)) if os.path.exists(history_path) else []
+        if not self.manager.latest_checkpoint:
+            self.pretrain(ds, steps_per_epoch)
 
         train_seconds, train_examples = 0.0, 0
         step = int(self.optimizer.iterations.numpy())
