@@ -4,7 +4,8 @@ A grid file (``configs/grids/<name>.yaml``) names a base config and the axes::
 
     base_config: configs/beauty_sasrec.yaml     # every run starts from this YAML
     overrides: {data.path: ../shared/data/amazon-beauty, train.epochs: 15}
-    backbones: [sasrec]                         # model.backbone values
+    backbones: [sasrec]                         # model.backbone values, or a mapping
+                                                # {bert4rec: {model.bert4rec_mask_prob: 0.6}, ...}
     methods:                                    # label -> config overrides
       base: {coco.method: base}
       coco: {coco.method: coco}
@@ -57,7 +58,7 @@ class Grid:
     path: str
     base_config: str
     overrides: Dict[str, object]
-    backbones: List[str]
+    backbones: Dict[str, Dict[str, object]]  # model.backbone -> its own overrides
     methods: Dict[str, Dict[str, object]]
     seeds: List[int]
     out_dir: str
@@ -78,8 +79,9 @@ class Grid:
                 values = list(self.sweep["values"])
             for value in values:
                 ov = dict(self.overrides)
-                ov.update(method_overrides)
                 ov["model.backbone"] = backbone
+                ov.update(self.backbones[backbone])
+                ov.update(method_overrides)
                 ov["train.seed"] = seed
                 cell = label
                 if value is not None:
@@ -120,8 +122,10 @@ def load_grid(path: str, out_dir: Optional[str] = None) -> Grid:
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         _fail(path, "'seeds' must be a non-empty list of integers")
     backbones = raw.get("backbones", ["sasrec"])
-    if not isinstance(backbones, list) or not backbones:
-        _fail(path, "'backbones' must be a non-empty list of model.backbone values")
+    if isinstance(backbones, list):
+        backbones = {b: {} for b in backbones}
+    if not isinstance(backbones, dict) or not backbones or not all(isinstance(v, dict) for v in backbones.values()):
+        _fail(path, "'backbones' must be a non-empty list of model.backbone values, or a mapping of them to overrides")
     overrides = raw.get("overrides") or {}
     if not isinstance(overrides, dict):
         _fail(path, "'overrides' must be a mapping of config keys to values")
@@ -141,7 +145,7 @@ def load_grid(path: str, out_dir: Optional[str] = None) -> Grid:
         path=path,
         base_config=base_config,
         overrides=overrides,
-        backbones=list(backbones),
+        backbones={str(k): dict(v) for k, v in backbones.items()},
         methods={str(k): dict(v) for k, v in methods.items()},
         seeds=list(seeds),
         out_dir=out_dir or raw.get("out_dir") or os.path.join("runs", "grids", os.path.splitext(os.path.basename(path))[0]),
