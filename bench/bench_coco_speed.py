@@ -39,6 +39,9 @@ def main():
     ap.add_argument("--steps", type=int, default=20, help="train steps per timed block")
     ap.add_argument("--blocks", type=int, default=5, help="timed blocks per method")
     ap.add_argument("--set", action="append", default=[], help="extra config override key=value")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="LABEL:key=value,key=value — an extra row (e.g. coco-m8:coco.method=coco,coco.max_prompts=8); "
+                         "list LABEL in --methods")
     args = ap.parse_args()
 
     overrides = ["runtime.progress=false"] + args.set
@@ -49,10 +52,15 @@ def main():
     cfg0 = load_config(args.config, overrides)
     dataset = load_dataset(cfg0.data)
     trainers, batches = {}, None
+    variants = {}
+    for v in args.variant:
+        label, _, sets = v.partition(":")
+        variants[label] = [kv for kv in sets.split(",") if kv]
     for method in methods:
+        extra = variants.get(method, [f"coco.method={method}"])
         cfg = load_config(
             args.config,
-            overrides + [f"coco.method={method}", f"runtime.model_dir={work}/{method}", f"llm.cache_dir={work}/cache"],
+            overrides + extra + [f"runtime.model_dir={work}/{method}", f"llm.cache_dir={work}/cache"],
         )
         tr = Trainer(cfg, dataset=dataset)
         tr._build()
