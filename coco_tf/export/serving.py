@@ -1,0 +1,138 @@
+"""``ServingModule``: the served graph of a trained retrieval model (a ``tf.Module``).
+
+Signatures (``history`` int64 ``[batch, T]``, 0 = padding, any T)::
+
+    serving_default  history → item_ids int64 [batch, k0], scores float32 [batch, k0],
+                               num_unknown_ids int32 [batch]
+    top_<k>          the same with k items (one per k of ``export.top_k``)
+    user_embedding   history → user_embedding float32 [batch, d], num_unknown_ids int32 [batch]
+
+One request::
+
+    history ──harden──► [batch, T'] (T' <= max_len) ──model (eval path)──► user [batch, d]
+    user ──BruteForce index over items 1..N (TFRS)──► top-k scores, item ids
+
+Input hardening (:meth:`ServingModule.harden`): ids outside ``[1, num_items]``
+(negative or unknown) become padding and are *counted* in ``num_unknown_ids``
+(one extra output rather than a separate signature, so a client sees the count
+with its ranking); an all-padding history is scored like any other (the
+model's output for an empty history, a fixed cold-start ranking); a history
+longer than ``max_len`` keeps its ``max_len`` most recent items (padding may
+sit anywhere; valid items keep their order).
+
+The model runs with ``training=False``: no dropout, and for CoCo the serving
+path of ``CoCoModel.user_vector`` (no target, so no decision matrix M, no
+gradient mask, no losses). LoRA is merged before tracing. The index is TFRS's
+exact ``BruteForce`` (ScaNN has no build for TensorFlow 2.21). Every signature is
+*frozen* (``convert_variables_to_constants_v2``): the item table, the item text
+table and all weights are constants of the graph, the SavedModel has no
+variables, and nothing training-only (optimizer slots, LoRA factors, losses)
+can be in it. A frozen GraphDef is limited to 2 GiB (protobuf): the exporter
+refuses larger models with a message.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Sequence
+
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+HISTORY_SPEC = tf.TensorSpec([None, None], tf.int64, name="history")
+
+
+def harden_history(history: tf.Tensor, num_items: int, max_len: int):
+    """Cleans a request: ``(history int64 [B, T'], num_unknown_ids int32 [B])``.
+
+    Ids outside ``[0, num_items]`` become 0 and are counted; ``T > max_len``
+    keeps the ``max_len`` newest valid items (right-aligned, order kept);
+    ``T == 0`` becomes one padding column.
+    """
+    history = tf.convert_to_tensor(history, tf.int64)
+    unknown = (history < 0) | (history > num_items)
+    num_unknown = tf.reduce_sum(tf.cast(unknown, tf.int32), axis=1)
+    history = tf.where(unknown, tf.zeros_like(history), history)
+    t = tf.shape(history)[1]
+    history = tf.pad(history, [[0, 0], [0, tf.maximum(1 - t, 0)]])
+
+    def keep_recent():
+        # Stable sort on validity: padding first, valid items in their order, newest last.
+        order = tf.argsort(tf.cast(history != 0, tf.int32), axis=1, stable=True)
+        return tf.gather(history, order, batch_dims=1)[:, -max_len:]
+
+    history = tf.cond(t > max_len, keep_recent, lambda: history)
+    return history, num_unknown
+
+
+class ServingModule(tf.Module):
+    """The serving signatures of a trained ``SequentialRetrievalModel`` (base, KAR or CoCo).
+
+    Args:
+        model: the trained model (LoRA already merged for CoCo; see
+            ``coco_tf.export.exporter.load_trained_model``).
+        top_k: the k of each top-k signature; the first one is ``serving_default``.
+        max_len: longest history the model reads (``data.max_len``).
+
+    Example:
+
+    >>> module = ServingModule(model, top_k=[10], max_len=50)
+    >>> out = module.top_k_fn(10)(tf.constant([[3, 7, 0]], tf.int64))
+    >>> out["item_ids"].shape, out["scores"].shape     # (1, 10), (1, 10)
+    >>> signatures = module.frozen_signatures()          # for tf.saved_model.save
+    """
+
+    def __init__(self, model, top_k: Sequence[int], max_len: int, name: str = "serving"):
+        super().__init__(name=name)
+        self._model = model
+        self.num_items = int(model.num_items)
+        self.max_len = int(max_len)
+        self.top_k = [int(k) for k in top_k]
+        if not self.top_k or any(k <= 0 or k > self.num_items for k in self.top_k):
+            raise ValueError(
+                f"config key 'export.top_k': every k must be in [1, {self.num_items}] (the catalog's item "
+                f"count), got {self.top_k}"
+            )
+        # Items 1..N; row 0 (padding) is never a candidate.
+        table = model.item_table()
+        self._index = tfrs.layers.factorized_top_k.BruteForce(k=max(self.top_k), name="item_index")
+        self._index.index(table[1:], tf.range(1, self.num_items + 1, dtype=tf.int64))
+
+    def user_embedding(self, history: tf.Tensor) -> Dict[str, tf.Tensor]:
+        """``{"user_embedding": [B, d], "num_unknown_ids": int32 [B]}``."""
+        clean, num_unknown = harden_history(history, self.num_items, self.max_len)
+        user = self._model({"history": clean}, training=False)
+        return {"user_embedding": tf.cast(user, tf.float32), "num_unknown_ids": num_unknown}
+
+    def top_k_fn(self, k: int):
+        """A function ``history → {"item_ids" [B, k], "scores" [B, k], "num_unknown_ids" [B]}``."""
+
+        def serve(history):
+            out = self.user_embedding(history)
+            scores, ids = self._index(out["user_embedding"], k=k)
+            return {"item_ids": ids, "scores": scores, "num_unknown_ids": out["num_unknown_ids"]}
+
+        return serve
+
+    def signature_functions(self) -> Dict[str, callable]:
+        """``{signature name: python function of history}`` (not frozen)."""
+        fns = {"serving_default": self.top_k_fn(self.top_k[0])}
+        for k in self.top_k:
+            fns[f"top_{k}"] = self.top_k_fn(k)
+        fns["user_embedding"] = self.user_embedding
+        return fns
+
+    def frozen_signatures(self) -> Dict[str, tf.types.experimental.ConcreteFunction]:
+        """Every signature as a concrete function with all variables folded into constants."""
+        out = {}
+        for name, fn in self.signature_functions().items():
+            concrete = tf.function(fn, input_signature=[HISTORY_SPEC]).get_concrete_function()
+            frozen = convert_variables_to_constants_v2(concrete)
+            keys = sorted(concrete.structured_outputs)  # the frozen function returns a flat list
+
+            def named(history, frozen=frozen, keys=keys):
+                values = frozen(history)
+                return {key: tf.identity(value, name=key) for key, value in zip(keys, values)}
+
+            out[name] = tf.function(named, input_signature=[HISTORY_SPEC]).get_concrete_function()
+        return out

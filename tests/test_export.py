@@ -1,0 +1,220 @@
+"""SavedModel export (python -m coco_tf.export): a tiny base and a tiny CoCo model, trained a few
+steps, exported and reloaded; rankings against the in-memory model and a numpy reference,
+signatures through saved_model_cli, loading without coco_tf, input hardening, errors."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from coco_tf.config import ConfigError, load_config
+from coco_tf.export import ExportError, export_saved_model, load_trained_model
+from coco_tf.training.trainer import Trainer
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+NUM_ITEMS, MAX_LEN = 60, 8
+TINY = [
+    "data.synthetic_num_users=160",
+    f"data.synthetic_num_items={NUM_ITEMS}",
+    "data.synthetic_max_len=10",
+    f"data.max_len={MAX_LEN}",
+    "model.embedding_dim=16",
+    "model.num_blocks=1",
+    "model.dropout=0.1",
+    "train.batch_size=32",
+    "train.learning_rate=0.01",
+    "train.loss=in_batch",
+    "coco.codebook_size=8",
+    "coco.max_prompts=3",
+    "coco.threshold=0.2",
+    "llm.lora_rank=4",
+    "runtime.progress=false",
+]
+HISTORIES = np.array(
+    [[3, 7, 9, 12, 0, 0], [0, 0, 5, 1, 44, 60], [17, 0, 0, 0, 0, 0], [2, 4, 6, 8, 10, 11]], np.int64
+)
+
+
+def _env():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
+    return env
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """{"base" | "coco": (model_dir, export path)}; base goes through the CLI with two k."""
+    out = {}
+    for method in ("base", "coco"):
+        model_dir = str(tmp_path_factory.mktemp(f"{method}_run"))
+        cfg = load_config(overrides=TINY + ["train.epochs=2", f"coco.method={method}", f"runtime.model_dir={model_dir}"])
+        Trainer(cfg).run()
+        export_dir = str(tmp_path_factory.mktemp(f"{method}_export"))
+        if method == "base":
+            proc = subprocess.run(
+                [sys.executable, "-m", "coco_tf.export", "--model_dir", model_dir, "--out", export_dir,
+                 "--set", "export.top_k=10,5"],
+                capture_output=True, text=True, env=_env(), timeout=300,
+            )
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            path = os.path.join(export_dir, "1")
+            assert f"wrote {path}" in proc.stdout
+        else:
+            path = export_saved_model(model_dir, export_dir)
+        out[method] = (model_dir, path)
+    return out
+
+
+def _reference(model, histories, k):
+    """numpy top-k of the in-memory model: (ids [B, k], scores [B, k], user [B, d])."""
+    user = model({"history": tf.constant(histories)}, training=False).numpy().astype(np.float64)
+    table = model.item_table().numpy().astype(np.float64)[1:]  # items 1..N
+    scores = user @ table.T
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return order + 1, np.take_along_axis(scores, order, axis=1), user
+
+
+@pytest.mark.parametrize("method", ["base", "coco"])
+def test_export_matches_in_memory_model(trained, method):
+    model_dir, path = trained[method]
+    # The unmerged model (LoRA factors separate) is the reference for CoCo.
+    _, model = load_trained_model(model_dir, merge_lora=False)
+    if method == "coco":
+        lora_b = [v for v in model.llm.lora_variables if "lora_b" in v.name]
+        assert lora_b and max(float(np.abs(v.numpy()).max()) for v in lora_b) > 0, "LoRA did not train"
+    loaded = tf.saved_model.load(path)
+    out = loaded.signatures["serving_default"](history=tf.constant(HISTORIES))
+    ids, scores, user = _reference(model, HISTORIES, 10)
+    np.testing.assert_array_equal(out["item_ids"].numpy(), ids)
+    np.testing.assert_allclose(out["scores"].numpy(), scores, atol=1e-5, rtol=0)
+    assert out["item_ids"].dtype == tf.int64 and out["scores"].dtype == tf.float32
+    np.testing.assert_array_equal(out["num_unknown_ids"].numpy(), np.zeros(len(HISTORIES)))
+    emb = loaded.signatures["user_embedding"](history=tf.constant(HISTORIES))["user_embedding"]
+    np.testing.assert_allclose(emb.numpy(), user, atol=1e-5, rtol=0)
+    # Frozen: no variables at all, so no LoRA factors, optimizer slots or training-only layers.
+    assert not list(loaded.variables)
+    graph_def = loaded.signatures["serving_default"].graph.as_graph_def()
+    nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
+    names = " ".join(n.name.lower() for n in nodes)
+    for banned in ("lora", "contradiction", "gradient_mask", "adam", "optimizer", "loss"):
+        assert banned not in names, banned
+    assert not [n.op for n in nodes if "Random" in n.op], "dropout (random ops) in the serving graph"
+    assert any(n.op == "TopKV2" for n in nodes)
+    info = json.load(open(os.path.join(path, "assets.extra", "export_info.json")))
+    assert info["method"] == method and info["num_items"] == NUM_ITEMS
+
+
+def test_several_k_signatures(trained):
+    loaded = tf.saved_model.load(trained["base"][1])
+    assert set(loaded.signatures) == {"serving_default", "top_10", "top_5", "user_embedding"}
+    h = tf.constant(HISTORIES)
+    top10 = loaded.signatures["top_10"](history=h)["item_ids"].numpy()
+    top5 = loaded.signatures["top_5"](history=h)["item_ids"].numpy()
+    assert top5.shape == (len(HISTORIES), 5)
+    np.testing.assert_array_equal(top5, top10[:, :5])
+
+
+@pytest.mark.parametrize("method", ["base", "coco"])
+def test_input_hardening(trained, method):
+    model_dir, path = trained[method]
+    _, model = load_trained_model(model_dir)
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    # Unknown and negative ids are padding, and counted.
+    dirty = HISTORIES.copy()
+    dirty[0, 4], dirty[0, 5], dirty[3, 0] = NUM_ITEMS + 1, -3, 10**9
+    out, clean = serve(history=tf.constant(dirty)), serve(history=tf.constant(HISTORIES))
+    np.testing.assert_array_equal(out["num_unknown_ids"].numpy(), [2, 0, 0, 1])
+    np.testing.assert_array_equal(out["item_ids"].numpy()[:3], clean["item_ids"].numpy()[:3])
+    ref_ids, _, _ = _reference(model, np.where((dirty > 0) & (dirty <= NUM_ITEMS), dirty, 0), 10)
+    np.testing.assert_array_equal(out["item_ids"].numpy(), ref_ids)
+    # All padding (and an empty T = 0 request): still a ranking of k distinct catalog items.
+    for empty in (np.zeros([2, 5], np.int64), np.zeros([2, 0], np.int64)):
+        out = serve(history=tf.constant(empty))
+        ids, scores = out["item_ids"].numpy(), out["scores"].numpy()
+        assert ids.shape == (2, 10) and np.isfinite(scores).all()
+        assert all(len(set(row)) == 10 for row in ids) and ids.min() >= 1 and ids.max() <= NUM_ITEMS
+    # Longer than max_len: the max_len most recent valid items, in order.
+    rng = np.random.default_rng(0)
+    long = rng.integers(1, NUM_ITEMS + 1, size=(3, 3 * MAX_LEN)).astype(np.int64)
+    long[1, -5:] = 0  # right padding
+    long[2, 4:9] = 0  # padding in the middle
+    recent = np.stack([row[row != 0][-MAX_LEN:] for row in long])
+    out = serve(history=tf.constant(long))
+    ref_ids, ref_scores, _ = _reference(model, recent, 10)
+    np.testing.assert_array_equal(out["item_ids"].numpy(), ref_ids)
+    np.testing.assert_allclose(out["scores"].numpy(), ref_scores, atol=1e-5, rtol=0)
+
+
+def test_saved_model_cli_show_and_run(trained):
+    path = trained["base"][1]
+    env = _env()
+    env.pop("PYTHONPATH")
+    show = subprocess.run(["saved_model_cli", "show", "--dir", path, "--all"], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert show.returncode == 0, show.stderr[-2000:]
+    text = show.stdout
+    for name in ("serving_default", "top_10", "top_5", "user_embedding"):
+        assert f"signature_def['{name}']" in text
+    default = text.split("signature_def['serving_default']")[1].split("signature_def[")[0]
+    assert re.search(r"inputs\['history'\] tensor_info:\s+dtype: DT_INT64\s+shape: \(-1, -1\)", default)
+    assert re.search(r"outputs\['item_ids'\] tensor_info:\s+dtype: DT_INT64\s+shape: \(-1, 10\)", default)
+    assert re.search(r"outputs\['scores'\] tensor_info:\s+dtype: DT_FLOAT\s+shape: \(-1, 10\)", default)
+    assert re.search(r"outputs\['num_unknown_ids'\] tensor_info:\s+dtype: DT_INT32\s+shape: \(-1\)", default)
+    user = text.split("signature_def['user_embedding']")[1].split("signature_def[")[0]
+    assert re.search(r"outputs\['user_embedding'\] tensor_info:\s+dtype: DT_FLOAT\s+shape: \(-1, 16\)", user)
+    run = subprocess.run(
+        ["saved_model_cli", "run", "--dir", path, "--tag_set", "serve", "--signature_def", "serving_default",
+         "--input_exprs", "history=np.array([[3, 7, 9, 12]], dtype=np.int64)"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    ids = re.search(r"Result for output key item_ids:\s*\[\[([\d\s]+)\]\]", run.stdout)
+    assert ids, run.stdout[-2000:]
+    assert len(ids.group(1).split()) == 10
+
+
+def test_loads_with_tensorflow_only(trained, tmp_path):
+    """A fresh interpreter with coco_tf, TFRS and tf_keras unimportable loads and serves the CoCo export."""
+    path = trained["coco"][1]
+    code = (
+        "import sys\n"
+        "for name in ('coco_tf', 'tensorflow_recommenders', 'tf_keras', 'keras_nlp', 'keras_hub'):\n"
+        "    sys.modules[name] = None\n"
+        "import tensorflow as tf\n"
+        f"m = tf.saved_model.load({path!r})\n"
+        "out = m.signatures['serving_default'](history=tf.constant([[3, 7, 9]], tf.int64))\n"
+        "print('ids', out['item_ids'].shape)\n"
+    )
+    env = _env()
+    env.pop("PYTHONPATH")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ids (1, 10)" in proc.stdout
+
+
+def test_bad_input_errors_name_the_flag_or_key(trained, tmp_path):
+    model_dir, _ = trained["base"]
+    with pytest.raises(ExportError, match="no config.yaml"):
+        export_saved_model(str(tmp_path), str(tmp_path / "out"))
+    (tmp_path / "config.yaml").write_text(open(os.path.join(model_dir, "config.yaml")).read())
+    with pytest.raises(ExportError, match=r"no checkpoint in .*best"):
+        export_saved_model(str(tmp_path), str(tmp_path / "out"))
+    with pytest.raises(ConfigError, match=r"export.top_k.*\[1, 60\]"):
+        export_saved_model(model_dir, str(tmp_path / "out"), overrides=["export.top_k=61"])
+    with pytest.raises(ConfigError, match="export.top_k"):
+        export_saved_model(model_dir, str(tmp_path / "out"), overrides=["export.top_k=0"])
+    export_dir = os.path.dirname(trained["base"][1])
+    with pytest.raises(ExportError, match="version 1 already exists"):
+        export_saved_model(model_dir, export_dir, version=1)
+    assert not os.path.exists(tmp_path / "out" / "1")
+
+
+def test_serving_dockerfile():
+    text = open(os.path.join(ROOT, "docker", "Dockerfile.serving")).read()
+    assert re.search(r"^FROM tensorflow/serving:2\.\d+", text, re.M)
+    assert "MODEL_NAME" in text and "8501" in text
