@@ -1,7 +1,7 @@
 """SavedModel export for TF Serving (``python -m coco_tf.export``).
 
 ``serving.py``: the served graph (:class:`ServingModule`: input hardening, eval
-path, TFRS ``BruteForce`` index, frozen signatures); ``exporter.py``: model
+path, TFRS ``BruteForce`` index, signatures); ``exporter.py``: model
 directory → ``<export_dir>/<version>/``; ``__main__.py``: the command line.
 """
 

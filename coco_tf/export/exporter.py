@@ -29,10 +29,6 @@ from coco_tf.config import Config, ConfigError, load_config
 from coco_tf.export.serving import ServingModule
 from coco_tf.models.retrieval_model import build_model
 
-# A frozen GraphDef is one protobuf message: at most 2 GiB, with room for the graph itself.
-MAX_FROZEN_BYTES = int(1.8 * 2**30)
-
-
 class ExportError(ValueError):
     """The model directory, checkpoint or export directory cannot be used (the message says which)."""
 
@@ -142,12 +138,6 @@ def export_saved_model(
 ) -> str:
     """Exports the best checkpoint of ``model_dir``; returns ``<export_dir>/<version>``."""
     cfg, model = load_trained_model(model_dir, overrides, merge_lora=True)
-    weight_bytes = sum(v.shape.num_elements() * v.dtype.size for v in model.variables)
-    if weight_bytes > MAX_FROZEN_BYTES:
-        raise ExportError(
-            f"--model_dir {model_dir}: the model has {weight_bytes / 2**30:.2f} GiB of weights; a frozen serving "
-            f"graph holds at most {MAX_FROZEN_BYTES / 2**30:.1f} GiB (protobuf's 2 GiB limit)"
-        )
     try:
         module = ServingModule(model, cfg.export.top_k, cfg.data.max_len)
     except ValueError as e:
@@ -162,8 +152,12 @@ def export_saved_model(
     tmp = os.path.join(export_dir, f".tmp-{version}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     started = time.time()
-    signatures = module.frozen_signatures()
-    tf.saved_model.save(tf.Module(), tmp, signatures=signatures)
+    signatures = module.signatures()
+    root = tf.Module()  # only what the signatures read; not the Keras model (LoRA factors, task, ...)
+    root.serving_variables = module.serving_variables(signatures)
+    # No gradients are served (the decoder's SiLU has a custom gradient).
+    options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
+    tf.saved_model.save(root, tmp, signatures=signatures, options=options)
     info = {
         "model_dir": os.path.abspath(model_dir),
         "checkpoint": best_checkpoint(model_dir),
@@ -173,6 +167,7 @@ def export_saved_model(
         "embedding_dim": cfg.model.embedding_dim,
         "top_k": module.top_k,
         "signatures": sorted(signatures),
+        "variables": len(root.serving_variables),
         "export_seconds": round(time.time() - started, 2),
     }
     os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
