@@ -14,6 +14,8 @@ too):
   catalog ids, top ``export.top_k[0]``): p50 / p99 over ``--requests`` calls
   after ``--warmup`` calls, each timed to the host-side numpy result;
 * throughput at batch ``--batch``: examples/s over ``--batch_calls`` calls;
+* both exports: plain (what TF Serving runs by default) and ``export.jit_compile=true``
+  (XLA; TF Serving needs ``--xla_cpu_compilation_enabled=true``);
 * the FLOP floor of one request: the matmul FLOPs of the served graph
   (:func:`served_matmul_flops`, counted from the config) divided by the best
   dense float32 matmul rate measured here (``bench_decoder.matmul_flops_per_second``).
@@ -82,7 +84,8 @@ def served_matmul_flops(cfg, num_items: int, seq: int) -> dict:
 
 
 def prepare(method: str, work_dir: str, retrain: bool):
-    """Trains (unless ``<work_dir>/<method>_run/best`` exists) and exports; returns (cfg, export path)."""
+    """Trains (unless ``<work_dir>/<method>_run/best`` exists) and exports without and with XLA
+    (``export.jit_compile``); returns ``(cfg, {name: export path})``."""
     from coco_tf.training.trainer import Trainer
 
     model_dir = os.path.join(work_dir, f"{method}_run")
@@ -92,10 +95,14 @@ def prepare(method: str, work_dir: str, retrain: bool):
         t = time.perf_counter()
         Trainer(cfg).run()
         print(f"{method}: trained in {time.perf_counter() - t:.0f} s", flush=True)
-    export_dir = os.path.join(work_dir, f"{method}_export")
-    path = export_saved_model(model_dir, export_dir)
-    print(f"{method}: exported {path}", flush=True)
-    return cfg, path
+    paths = {}
+    for jit in (False, True):
+        name = f"{method}+xla" if jit else method
+        path = export_saved_model(model_dir, os.path.join(work_dir, f"{name}_export"),
+                                  overrides=[f"export.jit_compile={jit}"])
+        print(f"{name}: exported {path}", flush=True)
+        paths[name] = path
+    return cfg, paths
 
 
 def time_calls(fn, inputs, calls: int, warmup: int):
@@ -153,23 +160,30 @@ def main():
     with Lock(args.lock):
         load_before = os.getloadavg()[0]
         rate = matmul_flops_per_second(args.matmul_size)
-        for method, (cfg, path) in prepared.items():
-            fn = tf.saved_model.load(path).signatures["serving_default"]
+        for method, (cfg, paths) in prepared.items():
             num_items = cfg.data.synthetic_num_items
             one = tf.constant(rng.integers(1, num_items + 1, (1, args.seq)), tf.int64)
             many = tf.constant(rng.integers(1, num_items + 1, (args.batch, args.seq)), tf.int64)
-            single = time_calls(fn, one, args.requests, args.warmup) * 1e3
-            batch = time_calls(fn, many, args.batch_calls, 5)
             flops = served_matmul_flops(cfg, num_items, args.seq)
-            rows.append({
-                "method": method,
-                "p50": float(np.percentile(single, 50)),
-                "p99": float(np.percentile(single, 99)),
-                "mean": float(single.mean()),
-                "throughput": args.batch * len(batch) / float(batch.sum()),
-                "flops": flops,
-                "floor_us": flops["total"] / rate * 1e6,
-            })
+            reference = None
+            for name, path in paths.items():
+                loaded = tf.saved_model.load(path)  # kept alive while its signature runs
+                fn = loaded.signatures["serving_default"]
+                ids = fn(history=many)["item_ids"].numpy()
+                if reference is None:
+                    reference = ids
+                agree = float((ids == reference).all(axis=1).mean())  # XLA vs plain: same top-k rows
+                single = time_calls(fn, one, args.requests, args.warmup) * 1e3
+                batch = time_calls(fn, many, args.batch_calls, 5)
+                rows.append({
+                    "method": name,
+                    "p50": float(np.percentile(single, 50)),
+                    "p99": float(np.percentile(single, 99)),
+                    "mean": float(single.mean()),
+                    "throughput": args.batch * len(batch) / float(batch.sum()),
+                    "flops": flops,
+                    "agree": agree,
+                })
         rate = max(rate, matmul_flops_per_second(args.matmul_size))
         load_after = os.getloadavg()[0]
     for row in rows:  # the floor at the best rate seen
@@ -180,12 +194,14 @@ def main():
           f"({args.matmul_size}^2); load average {load_before:.2f} before, {load_after:.2f} after; "
           f"{os.cpu_count()} CPUs, TF {tf.__version__}\n")
     print("| model | matmul MFLOP / request | FLOP floor (µs) | p50 (ms) | p99 (ms) | mean (ms) "
-          f"| throughput @ batch {args.batch} (examples/s) |")
-    print("|---|---|---|---|---|---|---|")
+          f"| throughput @ batch {args.batch} (examples/s) | top-k rows = plain export |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['method']} | {r['flops']['total'] / 1e6:.2f} | {r['floor_us']:.1f} | {r['p50']:.2f} | "
-              f"{r['p99']:.2f} | {r['mean']:.2f} | {r['throughput']:,.0f} |")
+              f"{r['p99']:.2f} | {r['mean']:.2f} | {r['throughput']:,.0f} | {r['agree']:.0%} |")
     for r in rows:
+        if r["method"].endswith("+xla"):
+            continue
         parts = ", ".join(f"{k} {v / 1e6:.2f}" for k, v in r["flops"].items() if k != "total")
         print(f"\n{r['method']} MFLOP by part: {parts}")
         print(f"{r['method']} examples/s at batch 1 (1 / mean latency): {1e3 / r['mean']:,.0f}")

@@ -139,7 +139,7 @@ def export_saved_model(
     """Exports the best checkpoint of ``model_dir``; returns ``<export_dir>/<version>``."""
     cfg, model = load_trained_model(model_dir, overrides, merge_lora=True)
     try:
-        module = ServingModule(model, cfg.export.top_k, cfg.data.max_len)
+        module = ServingModule(model, cfg.export.top_k, cfg.data.max_len, cfg.export.jit_compile)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     version = next_version(export_dir) if version is None else int(version)
@@ -166,6 +166,7 @@ def export_saved_model(
         "max_len": module.max_len,
         "embedding_dim": cfg.model.embedding_dim,
         "top_k": module.top_k,
+        "jit_compile": module.jit_compile,
         "signatures": sorted(signatures),
         "variables": len(root.serving_variables),
         "export_seconds": round(time.time() - started, 2),
