@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from coco_tf.config import ConfigError, load_config
-from coco_tf.export import ExportError, export_saved_model, load_trained_model
+from coco_tf.export import ExportError, export_saved_model
 from coco_tf.training.trainer import Trainer
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -56,13 +56,14 @@ def _finish(proc, timeout=300):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """{"base" | "coco": (model_dir, export path)}; base goes through the CLI with two k
+    """{"base" | "coco": (model_dir, export path, the trained in-memory model)}; base goes through the CLI with two k
     (in a subprocess that runs while the CoCo model trains)."""
     out, cli = {}, None
     for method in ("base", "coco"):
         model_dir = str(tmp_path_factory.mktemp(f"{method}_run"))
         cfg = load_config(overrides=TINY + ["train.epochs=1", f"coco.method={method}", f"runtime.model_dir={model_dir}"])
-        Trainer(cfg).run()
+        trainer = Trainer(cfg)
+        trainer.run()  # ends with the best checkpoint restored into trainer.model
         export_dir = str(tmp_path_factory.mktemp(f"{method}_export"))
         if method == "base":
             cli = _popen([sys.executable, "-m", "coco_tf.export", "--model_dir", model_dir, "--out", export_dir,
@@ -70,7 +71,7 @@ def trained(tmp_path_factory):
             path = os.path.join(export_dir, "1")
         else:
             path = export_saved_model(model_dir, export_dir)
-        out[method] = (model_dir, path)
+        out[method] = (model_dir, path, trainer.model)
     code, stdout, stderr = _finish(cli)
     assert code == 0, stderr[-3000:]
     assert f"wrote {out['base'][1]}" in stdout
@@ -115,9 +116,7 @@ def _reference(model, histories, k):
 
 @pytest.mark.parametrize("method", ["base", "coco"])
 def test_export_matches_in_memory_model(trained, method):
-    model_dir, path = trained[method]
-    # The unmerged model (LoRA factors separate) is the reference for CoCo.
-    _, model = load_trained_model(model_dir, merge_lora=False)
+    _, path, model = trained[method]  # the trainer's own model: LoRA factors separate, unmerged
     if method == "coco":
         lora_b = [v for v in model.llm.lora_variables if "lora_b" in v.name]
         assert lora_b and max(float(np.abs(v.numpy()).max()) for v in lora_b) > 0, "LoRA did not train"
@@ -161,8 +160,7 @@ def test_several_k_signatures(trained):
 
 @pytest.mark.parametrize("method", ["base", "coco"])
 def test_input_hardening(trained, method):
-    model_dir, path = trained[method]
-    _, model = load_trained_model(model_dir)
+    _, path, model = trained[method]
     serve = tf.saved_model.load(path).signatures["serving_default"]
     # Unknown and negative ids are padding, and counted.
     dirty = HISTORIES.copy()
@@ -210,7 +208,7 @@ def test_saved_model_cli_show_and_run_with_tensorflow_only(tools):
 
 
 def test_xla_export_matches_plain_export(trained, tmp_path):
-    model_dir, path = trained["base"]
+    model_dir, path, _ = trained["base"]
     xla_path = export_saved_model(model_dir, str(tmp_path), overrides=["export.jit_compile=true"])
     assert b"_XlaMustCompile" in open(os.path.join(xla_path, "saved_model.pb"), "rb").read()
     holder = tf.saved_model.load(xla_path)
@@ -225,7 +223,7 @@ def test_xla_export_matches_plain_export(trained, tmp_path):
 
 
 def test_bad_input_errors_name_the_flag_or_key(trained, tmp_path):
-    model_dir, _ = trained["base"]
+    model_dir = trained["base"][0]
     with pytest.raises(ExportError, match="no config.yaml"):
         export_saved_model(str(tmp_path), str(tmp_path / "out"))
     (tmp_path / "config.yaml").write_text(open(os.path.join(model_dir, "config.yaml")).read())

@@ -5,7 +5,8 @@ restores ``<model_dir>/best/`` (the best validation checkpoint) into it, with
 LoRA merged into the decoder kernels by default. The catalog size comes from
 the checkpoint's item table, so base and CoCo models export without their
 training data; KAR's two encoded prompt vectors are not model variables, so a
-KAR export rebuilds them from the data (``data.*``) with the frozen decoder.
+KAR export encodes them again with the restored frozen decoder and the
+tokenizer of the catalog titles (it reads the data, ``data.*``).
 
 :func:`export_saved_model` writes ``<export_dir>/<version>/`` (TF Serving's
 numbered layout: a new version is picked up by a running server) through a
@@ -71,6 +72,7 @@ class _CheckpointShapedAssets:
         self.item_text_table = np.zeros([num_items + 1, d_llm], np.float32)
         self.codebook_init = None
         self.shared_init = None
+        self.kar_prompts = np.zeros([2, d_llm], np.float32)  # KAR: re-encoded after the restore
 
     def make_decoder(self, lora_rank=0, lora_alpha=16.0, lora_dropout=0.05, name="llm"):
         from coco_tf.models.qwen_backbone import QwenBackbone
@@ -81,6 +83,24 @@ class _CheckpointShapedAssets:
         if lora_rank == 0:
             decoder.trainable = False
         return decoder
+
+
+def _encode_kar_prompts(cfg: Config, model, num_items: int) -> None:
+    """KAR's prompt vectors are constants, not variables: encode them again, exactly as in training,
+    with the restored frozen decoder (the base weights) and the tokenizer of the catalog titles."""
+    from coco_tf.data.loader import load_dataset
+    from coco_tf.llm.assets import KAR_PROMPT_TEXTS, encode_texts
+    from coco_tf.llm.tokenizer import build_tokenizer
+
+    dataset = load_dataset(cfg.data)
+    if dataset.num_items != num_items:
+        raise ExportError(f"data.*: the dataset has {dataset.num_items} items, the checkpoint {num_items}")
+    tokenizer = build_tokenizer(
+        titles=[t for t in dataset.titles[1:] if t] or ["item"],
+        checkpoint_dir=cfg.llm.checkpoint or None,
+        vocabulary_size=min(4096, model.llm.vocabulary_size),
+    )
+    model.prompt_vectors = encode_texts(KAR_PROMPT_TEXTS, model.llm, tokenizer)
 
 
 def load_config_from_model_dir(model_dir: str, overrides: Sequence[str] = ()) -> Config:
@@ -103,16 +123,8 @@ def load_trained_model(model_dir: str, overrides: Sequence[str] = (), merge_lora
     path = best_checkpoint(model_dir)
     num_items = checkpoint_num_items(path)
     assets = None
-    if cfg.coco.method == "coco":
+    if cfg.coco.method in ("coco", "kar"):
         assets = _CheckpointShapedAssets(cfg, num_items)
-    elif cfg.coco.method == "kar":  # the prompt vectors are constants of the model, not variables
-        from coco_tf.data.loader import load_dataset
-        from coco_tf.llm.assets import build_llm_assets
-
-        dataset = load_dataset(cfg.data)
-        if dataset.num_items != num_items:
-            raise ExportError(f"data.*: the dataset has {dataset.num_items} items, the checkpoint {num_items}")
-        assets = build_llm_assets(cfg, dataset.titles, cfg.llm.cache_dir or os.path.join(model_dir, "cache"))
     model = build_model(cfg, num_items, assets)
     model({"history": tf.ones([1, 2], tf.int64)}, training=False)  # creates the variables
     status = tf.train.Checkpoint(model=model).restore(path).expect_partial()
@@ -120,6 +132,8 @@ def load_trained_model(model_dir: str, overrides: Sequence[str] = (), merge_lora
         status.assert_existing_objects_matched()
     except AssertionError as e:
         raise ExportError(f"{path} does not match the model of {model_dir}/config.yaml: {e}") from None
+    if cfg.coco.method == "kar":
+        _encode_kar_prompts(cfg, model, num_items)
     if merge_lora and hasattr(model, "llm") and hasattr(model.llm, "merge_lora"):
         model.llm.merge_lora()
     return cfg, model
