@@ -80,7 +80,8 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tools(trained, tmp_path_factory):
-    """Outputs of two concurrent fresh processes that import neither coco_tf nor the repository:
+    """Outputs of concurrent fresh processes: the export CLI on a bad --model_dir, and two that
+    import neither coco_tf nor the repository:
     ``saved_model_cli show --all`` on the base export, and ``saved_model_cli run`` on the CoCo
     export in an interpreter where coco_tf, TFRS, tf_keras and keras-nlp cannot be imported
     (saved_model_cli's own entry point, ``saved_model_cli.main``, as the console script calls it)."""
@@ -101,6 +102,8 @@ def tools(trained, tmp_path_factory):
     procs = {
         "show": _popen(["saved_model_cli", "show", "--dir", base, "--all"], env, cwd),
         "run": _popen([sys.executable, "-c", code], env, cwd),
+        "cli_error": _popen([sys.executable, "-m", "coco_tf.export", "--model_dir", os.path.join(cwd, "missing"),
+                             "--out", os.path.join(cwd, "out")], _env(), cwd),
     }
     return {name: _finish(proc) for name, proc in procs.items()}
 
@@ -207,6 +210,12 @@ def test_saved_model_cli_show_and_run_with_tensorflow_only(tools):
     assert len(ids.group(1).split()) == 10
 
 
+def test_cli_bad_model_dir_exits_2_naming_it(tools):
+    code, out, err = tools["cli_error"]
+    assert code == 2 and "--model_dir" in err and "missing: no config.yaml" in err, err[-2000:]
+    assert "Traceback" not in err
+
+
 def test_xla_export_matches_plain_export(trained, tmp_path):
     model_dir, path, _ = trained["base"]
     xla_path = export_saved_model(model_dir, str(tmp_path), overrides=["export.jit_compile=true"])
@@ -241,5 +250,6 @@ def test_bad_input_errors_name_the_flag_or_key(trained, tmp_path):
 
 def test_serving_dockerfile():
     text = open(os.path.join(ROOT, "docker", "Dockerfile.serving")).read()
-    assert re.search(r"^FROM tensorflow/serving:2\.\d+", text, re.M)
+    assert re.search(r"^ARG TF_SERVING_VERSION=2\.\d+\.\d+$", text, re.M)
+    assert re.search(r"^FROM tensorflow/serving:\$\{TF_SERVING_VERSION\}$", text, re.M)
     assert "MODEL_NAME" in text and "8501" in text
