@@ -12,7 +12,7 @@ One request::
     history ──harden──► [batch, T'] (T' <= max_len) ──model (eval path)──► user [batch, d]
     user ──BruteForce index over items 1..N (TFRS)──► top-k scores, item ids
 
-Input hardening (:meth:`ServingModule.harden`): ids outside ``[1, num_items]``
+Input hardening (:func:`harden_history`): ids outside ``[1, num_items]``
 (negative or unknown) become padding and are *counted* in ``num_unknown_ids``
 (one extra output rather than a separate signature, so a client sees the count
 with its ranking); an all-padding history is scored like any other (the
@@ -125,13 +125,17 @@ class ServingModule(tf.Module):
         user = self._user_tower(clean)
         return {"user_embedding": tf.cast(user, tf.float32), "num_unknown_ids": num_unknown}
 
-    def top_k_fn(self, k: int):
-        """A function ``history → {"item_ids" [B, k], "scores" [B, k], "num_unknown_ids" [B]}``."""
+    def top_k_fn(self, k: int, user_fn=None):
+        """A function ``history → {"item_ids" [B, k], "scores" [B, k], "num_unknown_ids" [B]}``.
+
+        ``user_fn``: the user tower to call (default :meth:`user_embedding`).
+        """
+        user_fn = user_fn or self.user_embedding
 
         def serve(history):
-            out = self.user_embedding(history)
-            scores, ids = self._index(out["user_embedding"], k=k)
-            return {"item_ids": ids, "scores": scores, "num_unknown_ids": out["num_unknown_ids"]}
+            user = user_fn(history)
+            scores, ids = self._index(user["user_embedding"], k=k)
+            return {"item_ids": ids, "scores": scores, "num_unknown_ids": user["num_unknown_ids"]}
 
         return serve
 
@@ -142,15 +146,7 @@ class ServingModule(tf.Module):
         stored once); each k adds a ``top_k`` over the index.
         """
         user_fn = tf.function(self.user_embedding, input_signature=[HISTORY_SPEC])
-
-        def top_k_signature(k):
-            def serve(history):
-                user = user_fn(history)
-                scores, ids = self._index(user["user_embedding"], k=k)
-                return {"item_ids": ids, "scores": scores, "num_unknown_ids": user["num_unknown_ids"]}
-
-            return serve
-
+        top_k_signature = lambda k: self.top_k_fn(k, user_fn)  # noqa: E731
         fns = {"serving_default": top_k_signature(self.top_k[0])}
         for k in self.top_k:
             fns[f"top_{k}"] = top_k_signature(k)
