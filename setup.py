@@ -31,6 +31,7 @@ setup(
     entry_points={
         "console_scripts": [
             "coco-train=coco_tf.train:run",
+            "coco-export=coco_tf.export.__main__:run",
         ],
     },
 )

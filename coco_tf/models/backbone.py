@@ -86,6 +86,7 @@ class SequentialBackbone(keras.layers.Layer):
     """
 
     registered_name = None
+    uses_attributes = False  # True: config_kwargs needs the catalog's item attributes (fdsa, s3rec)
 
     def __init__(self, item_embedding: keras.layers.Embedding, max_len: int, **kwargs):
         super().__init__(**kwargs)

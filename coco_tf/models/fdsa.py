@@ -66,6 +66,8 @@ class FDSA(SASRec):
         self.feature_norm = keras.layers.LayerNormalization(epsilon=1e-8, name="feature_norm")
         self.fusion = keras.layers.Dense(hidden_dim, name="fusion")
 
+    uses_attributes = True
+
     @classmethod
     def config_kwargs(cls, cfg, attributes=None) -> dict:
         return {"attribute_tables": select_attributes(cfg, attributes)}

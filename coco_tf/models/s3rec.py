@@ -80,6 +80,8 @@ class S3Rec(MaskTokenMixin, SASRec):
                 head.build((None, hidden_dim))
             self.heads[name] = head
 
+    uses_attributes = True
+
     @classmethod
     def config_kwargs(cls, cfg, attributes=None) -> dict:
         return {
