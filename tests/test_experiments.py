@@ -3,6 +3,7 @@ finished runs, writes the CSV / markdown table (mean ± std, Δ over base) and t
 bad grid files fail before anything trains, naming the file and the key."""
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from coco_tf.config import ConfigError
+from coco_tf.experiments.analysis import branch_metrics, load_run
 from coco_tf.experiments.grid import load_grid
 from coco_tf.experiments.report import markdown_table, mean_std, summarize
 from coco_tf.experiments.tsne import kl_divergence, tsne
@@ -69,6 +71,13 @@ def test_grid_trains_reports_skips_and_plots(tmp_path):
     for name in ("tsne_sasrec.png", "m_hist_sasrec.png", "sweep_threshold.png"):
         png = out / "plots" / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    # load_run restores the best checkpoint: its test metrics are the run's own metrics.json.
+    run_dir = out / "sasrec" / "coco@threshold=0.2" / "seed1"
+    both = branch_metrics(load_run(str(run_dir)))
+    recorded = json.load(open(run_dir / "metrics.json"))["test"]
+    for k in ("recall@10", "ndcg@10"):
+        assert both["user_vector"][k] == pytest.approx(recorded[k], abs=1e-6)
+        assert 0.0 <= both["h_rs_only"][k] <= 1.0
     # A second call trains nothing: every run has its metrics.json.
     again = _cli("--grid", grid_path, "--out_dir", str(out))
     assert again.returncode == 0 and again.stdout.count("done, skipped") == 4, again.stdout

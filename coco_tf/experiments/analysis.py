@@ -97,3 +97,31 @@ def test_histories(split, max_len: int, limit: Optional[int] = None, seed: int =
         h = np.asarray(hist[i], np.int64)[-max_len:]
         out[row, max_len - len(h):] = h
     return out
+
+
+class _BehaviouralOnly:
+    """A model view whose user vector is the backbone's ``h_RS`` (no LLM branch), same candidates."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, features, training=None):
+        return self.model.backbone.user_states(features["history"], training=training)[1]
+
+    def score_all(self, user):
+        return self.model.score_all(user)
+
+
+def branch_metrics(run: LoadedRun, split_name: str = "test") -> dict:
+    """Full-ranking metrics of a trained LLM-augmented run with its own user vector
+    (``h_aligned`` for CoCo) and with the backbone's ``h_RS`` alone: is the fusion the
+    part that helps or hurts?"""
+    from coco_tf.training.trainer import Evaluator
+
+    cfg = run.cfg
+    eval_set = getattr(run.split, split_name)
+    out = {}
+    for name, model in (("user_vector", run.model), ("h_rs_only", _BehaviouralOnly(run.model))):
+        out[name] = Evaluator(model, cfg.eval.ks, cfg.data.max_len, cfg.eval.batch_size,
+                              cfg.eval.exclude_history).evaluate(eval_set)
+    return out
