@@ -56,3 +56,11 @@ def leave_one_out(sequences: List[np.ndarray]) -> Split:
         test=EvalSet(t_hist, np.asarray(t_tgt, np.int64), users),
         train_only_users=train_only,
     )
+
+
+def training_item_mask(train: List[np.ndarray], num_items: int) -> np.ndarray:
+    """bool ``[num_items + 1]``: the items that occur in the training sequences (the rest are cold)."""
+    seen = np.zeros([num_items + 1], bool)
+    if train:
+        seen[np.concatenate([np.asarray(seq, np.int64) for seq in train])] = True
+    return seen

@@ -21,8 +21,9 @@ import tf_keras as keras
 
 from coco_tf.config import load_config
 from coco_tf.data.loader import load_dataset
-from coco_tf.data.split import leave_one_out
-from coco_tf.models.retrieval_model import build_model
+from coco_tf.data.split import leave_one_out, training_item_mask
+from coco_tf.export.exporter import best_checkpoint
+from coco_tf.models.retrieval_model import build_model, needs_llm_assets
 
 
 @dataclasses.dataclass
@@ -44,21 +45,16 @@ def load_run(run_dir: str, restore: bool = True, dataset=None) -> LoadedRun:
     split = leave_one_out(dataset.sequences)
     assets = None
     seen = None
-    if cfg.coco.method != "base" or cfg.model.item_text:
+    if needs_llm_assets(cfg):
         from coco_tf.llm.assets import build_llm_assets
 
         assets = build_llm_assets(cfg, dataset.titles, cfg.llm.cache_dir or os.path.join(run_dir, "cache"))
     if cfg.model.item_text:
-        seen = np.zeros([dataset.num_items + 1], bool)
-        for seq in split.train:
-            seen[np.asarray(seq, np.int64)] = True
+        seen = training_item_mask(split.train, dataset.num_items)
     model = build_model(cfg, dataset.num_items, assets, seen_items=seen, attributes=dataset.attributes)
     model({"history": tf.ones([1, 2], tf.int64)}, training=False)
     if restore:
-        best = tf.train.latest_checkpoint(os.path.join(run_dir, "best"))
-        if best is None:
-            raise FileNotFoundError(f"{run_dir}/best: no checkpoint (did the run finish an evaluation?)")
-        tf.train.Checkpoint(model=model).restore(best).expect_partial()
+        tf.train.Checkpoint(model=model).restore(best_checkpoint(run_dir)).expect_partial()
     return LoadedRun(cfg, model, split, restore)
 
 
@@ -68,21 +64,14 @@ def coco_internals(model, histories: np.ndarray, batch_size: int = 512) -> dict:
     for start in range(0, len(histories), batch_size):
         history = tf.constant(histories[start:start + batch_size], tf.int64)
         _, h_rs = model.backbone.user_states(history, training=False)
-        sel = model.codebook(model.proj(h_rs))
-        h_prompt, prompt_mask = sel["prompts"], sel["prompt_mask"]
-        h_text, text_mask = model.history_text(history)
-        mix_mask = tf.concat([prompt_mask, text_mask], axis=1)
-        h_mix = model.llm(
-            {"inputs_embeds": tf.concat([h_prompt, tf.cast(h_text, h_prompt.dtype)], axis=1),
-             "padding_mask": tf.cast(mix_mask, tf.int32)},
-            training=False,
-        )
-        h_pure = model.decoupling(h_prompt, tf.cast(h_mix, h_rs.dtype), mix_mask, training=False)  # [B, P, d_llm]
+        branch = model.llm_branch(history, h_rs, training=False)
+        prompt_mask = branch["prompt_mask"]
+        h_pure = model.decoupling(branch["prompts"], branch["h_mix"], branch["mix_mask"], training=False)  # [B, P, d_llm]
         w = tf.cast(prompt_mask, h_pure.dtype)[..., None]
         pooled = tf.reduce_sum(h_pure * w, axis=1) / tf.maximum(tf.reduce_sum(w, axis=1), 1.0)
         out["h_rs"].append(h_rs.numpy())
         out["llm_out"].append(pooled.numpy())
-        out["m"].append(np.asarray(sel["num_selected"]))
+        out["m"].append(np.asarray(branch["num_selected"]))
     return {k: np.concatenate(v) for k, v in out.items()}
 
 

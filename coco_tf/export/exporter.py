@@ -29,7 +29,7 @@ import tensorflow as tf
 from coco_tf.config import Config, ConfigError, load_config
 from coco_tf.export.serving import ServingModule
 from coco_tf.models.registry import get_backbone
-from coco_tf.models.retrieval_model import build_model
+from coco_tf.models.retrieval_model import build_model, needs_llm_assets
 
 class ExportError(ValueError):
     """The model directory, checkpoint or export directory cannot be used (the message says which)."""
@@ -131,7 +131,7 @@ def load_trained_model(model_dir: str, overrides: Sequence[str] = (), merge_lora
     path = best_checkpoint(model_dir)
     num_items = checkpoint_num_items(path)
     assets = None
-    if cfg.coco.method in ("coco", "kar") or cfg.model.item_text:
+    if needs_llm_assets(cfg):
         assets = _CheckpointShapedAssets(cfg, num_items)
     attributes = None
     if get_backbone(cfg.model.backbone).uses_attributes:  # item features are constants, not variables

@@ -142,9 +142,13 @@ class CoCoModel(UserLevelRetrievalModel):
         h_pure = self.decoupling(h_prompt, h_mix, mix_mask, training=training)
         return self.alignment(h_rs, h_pure, prompt_mask, training=training)
 
-    def user_vector(self, history, h_rs, states, training=None, target_ids=None):
-        e_u = self.proj(h_rs)  # [B, d_llm]
-        sel = self.codebook(e_u)
+    def llm_branch(self, history, h_rs, training=None):
+        """The prompt selection and the LLM pass (eq. 2-3) for ``h_RS [B, d]``.
+
+        Returns the codebook's outputs (``sel``: prompts, masks, VQ losses, selection
+        counts) plus ``h_mix [B, P + T, d_llm]`` and ``mix_mask [B, P + T]``.
+        """
+        sel = self.codebook(self.proj(h_rs))  # e_u [B, d_llm] -> selected prompts
         h_prompt, prompt_mask = sel["prompts"], sel["prompt_mask"]
         h_text, text_mask = self.history_text(history)
         mix_mask = tf.concat([prompt_mask, text_mask], axis=1)  # [B, P + T]
@@ -153,7 +157,11 @@ class CoCoModel(UserLevelRetrievalModel):
              "padding_mask": tf.cast(mix_mask, tf.int32)},
             training=training,
         )
-        h_mix = tf.cast(h_mix, h_rs.dtype)
+        return dict(sel, h_mix=tf.cast(h_mix, h_rs.dtype), mix_mask=mix_mask)
+
+    def user_vector(self, history, h_rs, states, training=None, target_ids=None):
+        sel = self.llm_branch(history, h_rs, training=training)
+        h_prompt, prompt_mask, h_mix, mix_mask = sel["prompts"], sel["prompt_mask"], sel["h_mix"], sel["mix_mask"]
         metrics, losses = {}, {}
         if target_ids is None:  # serving / evaluation
             return self._align(h_rs, h_prompt, h_mix, mix_mask, prompt_mask, training), losses, metrics

@@ -150,6 +150,11 @@ class SequentialRetrievalModel(tfrs.Model):
         return tf.matmul(user, self.item_table(), transpose_b=True)
 
 
+def needs_llm_assets(cfg: Config) -> bool:
+    """Whether :func:`build_model` needs ``llm_assets``: kar, coco, or item text in the candidates."""
+    return cfg.coco.method != "base" or cfg.model.item_text
+
+
 def build_model(
     cfg: Config, num_items: int, llm_assets=None, seen_items=None, attributes=None
 ) -> SequentialRetrievalModel:
@@ -181,7 +186,7 @@ def build_model(
         backbone_kwargs=backbone_kwargs,
     )
     method = cfg.coco.method
-    if (method != "base" or m.item_text) and llm_assets is None:
+    if needs_llm_assets(cfg) and llm_assets is None:
         raise ValueError(f"coco.method={method} / model.item_text needs llm_assets (coco_tf.llm.assets.build_llm_assets)")
     if m.item_text:
         common.update(item_text_table=llm_assets.item_text_table, text_in_candidates=True, seen_items=seen_items)

@@ -32,9 +32,9 @@ from absl import logging
 from coco_tf.config import Config, dump_config
 from coco_tf.data.loader import load_dataset
 from coco_tf.data.pipeline import eval_dataset, train_dataset, training_examples
-from coco_tf.data.split import EvalSet, leave_one_out
+from coco_tf.data.split import EvalSet, leave_one_out, training_item_mask
 from coco_tf.metrics.ranking import RankingMetrics, target_ranks
-from coco_tf.models.retrieval_model import build_model
+from coco_tf.models.retrieval_model import build_model, needs_llm_assets
 
 SELECTION_METRIC = "ndcg@10"
 
@@ -183,16 +183,14 @@ class Trainer(EpochEndMixin):
         # kar / coco: the frozen base decoder encodes the catalog titles once (cached
         # on disk) and the prompt texts; the model's decoder starts from its weights.
         self.llm_assets = None
-        if cfg.coco.method != "base" or cfg.model.item_text:
+        if needs_llm_assets(cfg):
             from coco_tf.llm.assets import build_llm_assets
 
             cache_dir = cfg.llm.cache_dir or os.path.join(self.model_dir, "cache")
             self.llm_assets = build_llm_assets(cfg, self.dataset.titles, cache_dir)
         seen = None
         if cfg.model.item_text:  # items of the training split; the others are cold (text only)
-            seen = np.zeros([self.dataset.num_items + 1], bool)
-            for seq in self.split.train:
-                seen[np.asarray(seq, np.int64)] = True
+            seen = training_item_mask(self.split.train, self.dataset.num_items)
             logging.info("model.item_text: %d catalog items never occur in training (scored by text)",
                          self.dataset.num_items - int(seen[1:].sum()))
         self.model = build_model(cfg, self.dataset.num_items, self.llm_assets, seen_items=seen,
