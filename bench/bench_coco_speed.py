@@ -9,6 +9,12 @@ train step in interleaved blocks (base, kar, coco, base, kar, coco, ...) so
 that a busy machine slows every method alike. Prints users (training
 examples) per second per method — all blocks' users over all blocks' time — and
 the ratio to base. Target from the CoCo issue: coco ÷ base ≥ 0.5.
+
+CoCo's cost depends on its state: the decoder reads S + max_b m_b prompt slots
+per batch (``coco.trim_prompt_slots``), and m starts near m_max and decays
+during training. ``--restore LABEL=RUN_DIR`` times a trained state: it loads
+the latest checkpoint of a training run (``RUN_DIR/ckpt``) into that row
+before the warm-up. The table reports the mean m of the timed CoCo steps.
 """
 
 from __future__ import annotations
@@ -42,7 +48,10 @@ def main():
     ap.add_argument("--variant", action="append", default=[],
                     help="LABEL:key=value,key=value — an extra row (e.g. coco-m8:coco.method=coco,coco.max_prompts=8); "
                          "list LABEL in --methods")
+    ap.add_argument("--restore", action="append", default=[],
+                    help="LABEL=RUN_DIR: start row LABEL from the latest checkpoint in RUN_DIR/ckpt (a run of the same config)")
     args = ap.parse_args()
+    restore = dict(r.split("=", 1) for r in args.restore)
 
     overrides = ["runtime.progress=false"] + args.set
     if args.data_path:
@@ -64,6 +73,12 @@ def main():
         )
         tr = Trainer(cfg, dataset=dataset)
         tr._build()
+        if method in restore:
+            path = tf.train.latest_checkpoint(os.path.join(restore[method], "ckpt"))
+            if path is None:
+                sys.exit(f"--restore {method}={restore[method]}: no checkpoint in {restore[method]}/ckpt")
+            tr.checkpoint.restore(path).expect_partial()
+            print(f"{method}: restored {path}")
         if batches is None:
             ds = train_dataset(tr.split.train, cfg.data.max_len, cfg.train.batch_size, cfg.train.seed,
                                cfg.data.bucket_by_length)
@@ -74,6 +89,7 @@ def main():
     users = sum(int(b["history"].shape[0]) for b in batches[: args.steps])
     rates = {m: [] for m in methods}
     totals = {m: [0, 0.0] for m in methods}  # users, seconds over every block
+    selected = {m: [] for m in methods}  # CoCo's mean m per timed block
     for block in range(args.blocks):
         for method in methods:
             step = trainers[method]._train_step
@@ -82,8 +98,10 @@ def main():
             t0 = time.perf_counter()
             for b in chunk:
                 out = step(b)
-            tf.nest.map_structure(lambda x: x.numpy(), out)
+            out = tf.nest.map_structure(lambda x: x.numpy(), out)
             dt = time.perf_counter() - t0
+            if isinstance(out, tuple) and "coco/mean_selected" in out[1]:
+                selected[method].append(float(out[1]["coco/mean_selected"]))
             rates[method].append(n / dt)
             totals[method][0] += n
             totals[method][1] += dt
@@ -92,12 +110,14 @@ def main():
     print(f"\n{cfg0.data.source} data, {dataset.describe()}; batch {cfg0.train.batch_size}, "
           f"{args.blocks} blocks x {args.steps} steps, tiny LLM; blocks alternate between two sets of "
           f"length-bucketed batches, so per-block rates differ by batch length\n")
-    print("| method | users/s (all blocks) | per-block median | min | max | ÷ base |")
-    print("|---|---|---|---|---|---|")
+    print("| method | state | mean m | users/s (all blocks) | per-block median | min | max | ÷ base |")
+    print("|---|---|---|---|---|---|---|---|")
     for m in methods:
         ratio = f"{overall[m] / base:.2f}" if base else "–"
-        print(f"| {m} | {overall[m]:.0f} | {statistics.median(rates[m]):.0f} | {min(rates[m]):.0f} | "
-              f"{max(rates[m]):.0f} | {ratio} |")
+        state = "restored" if m in restore else "initial"
+        mean_m = f"{statistics.mean(selected[m]):.1f}" if selected[m] else "–"
+        print(f"| {m} | {state} | {mean_m} | {overall[m]:.0f} | {statistics.median(rates[m]):.0f} | "
+              f"{min(rates[m]):.0f} | {max(rates[m]):.0f} | {ratio} |")
 
 if __name__ == "__main__":
     main()

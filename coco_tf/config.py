@@ -125,6 +125,11 @@ class CoCoConfig:
     threshold: float = _field(0.45, "theta, the selection threshold")
     max_prompts: int = _field(32, "m_max, at most this many private prompts per user")
     selection: str = _field("cosine", "selection rule", choices=("cosine", "softmax"))
+    trim_prompt_slots: bool = _field(
+        True,
+        "training steps cut the prompt slots no user of the batch selected out of the decoder input "
+        "(same values, fewer decoder tokens once m drops below m_max)",
+    )
     codebook_init: str = _field("llm", "codebook initialisation", choices=("llm", "random"))
     alpha: float = _field(0.2, "weight of L_aux (eq. 11)")
     beta: float = _field(0.15, "weight of L_ortho (eq. 11)")

@@ -72,6 +72,37 @@ def test_gradient_mask_every_m1_freezes_lora_and_prompts_not_backbone(decision, 
         assert _norm(g_prompts) > 0
 
 
+@pytest.mark.parametrize("threshold", [0.0, 2.0])  # some users select fewer than m_max; nobody selects
+def test_trimmed_prompt_slots_give_the_same_loss_and_gradients(threshold):
+    # codebook of 8 with m_max 6 and theta 0: users select different counts < 6, so trimming
+    # cuts real slots; theta 2 (cosine <= 1) selects nothing: only the S shared slots remain.
+    features = _features()
+    results = []
+    for trim in (False, True):
+        model = _coco(max_prompts=6, threshold=threshold, trim_prompt_slots=trim)
+        model(features)
+        with tf.GradientTape() as tape:
+            loss, metrics = model.compute_loss_and_metrics(features, training=False)
+        variables = model.trainable_variables
+        grads = tape.gradient(loss, variables)
+        sel = model.llm_branch(features["history"], model._encode(features["history"], False)[1], trim_prompts=trim)
+        results.append((float(loss), metrics, [tf.convert_to_tensor(g).numpy() for g in grads], sel))
+    (loss0, m0, g0, sel0), (loss1, m1, g1, sel1) = results
+    counts = sel0["num_selected"].numpy()
+    assert counts.max() < 6 and (threshold > 1 or counts.max() > counts.min())
+    assert sel0["prompts"].shape[1] == 2 + 6 and sel1["prompts"].shape[1] == 2 + counts.max()
+    assert sel1["h_mix"].shape[1] == sel0["h_mix"].shape[1] - (6 - counts.max())
+    # The same token values in the same positions: the kept rows match, the loss and every gradient match.
+    keep = np.r_[0:2 + counts.max(), 2 + 6:sel0["h_mix"].shape[1]]
+    mask0 = sel0["mix_mask"].numpy()[:, keep]
+    np.testing.assert_array_equal(mask0, sel1["mix_mask"].numpy())
+    np.testing.assert_allclose(sel0["h_mix"].numpy()[:, keep][mask0], sel1["h_mix"].numpy()[mask0], atol=2e-5)
+    assert loss1 == pytest.approx(loss0, rel=1e-5)
+    assert float(m1["coco/m1_fraction"]) == float(m0["coco/m1_fraction"])
+    for a, b in zip(g0, g1):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
 def test_forward_shapes_telemetry_and_trainable_sets():
     model = _coco()
     features = _features()

@@ -20,13 +20,14 @@ def _np_rms(x, scale, eps):
     return x / np.sqrt(np.mean(x**2, axis=-1, keepdims=True) + eps) * scale
 
 
-def _np_rope(x, base=1e6):
-    """x [b, s, heads, d] — rotate-half RoPE written out directly."""
+def _np_rope(x, base=1e6, positions=None):
+    """x [b, s, heads, d] — rotate-half RoPE written out directly (positions [s] or [b, s])."""
     d = x.shape[-1]
     inv = base ** (-np.arange(0, d, 2) / d)
-    ang = np.arange(x.shape[1])[:, None] * inv[None]  # [s, d/2]
-    cos = np.cos(np.concatenate([ang, ang], -1))[None, :, None, :]
-    sin = np.sin(np.concatenate([ang, ang], -1))[None, :, None, :]
+    pos = np.arange(x.shape[1]) if positions is None else np.asarray(positions, np.float64)
+    ang = np.broadcast_to(pos, x.shape[:2])[..., None] * inv  # [b, s, d/2]
+    cos = np.cos(np.concatenate([ang, ang], -1))[:, :, None, :]
+    sin = np.sin(np.concatenate([ang, ang], -1))[:, :, None, :]
     x1, x2 = x[..., : d // 2], x[..., d // 2 :]
     return x * cos + np.concatenate([-x2, x1], -1) * sin
 
@@ -54,6 +55,17 @@ def test_rope_matches_reference_and_is_relative():
     np.testing.assert_allclose(rope(x[:, 2:], start_index=2).numpy(), rope(x).numpy()[:, 2:], atol=1e-5)
     with pytest.raises(ValueError, match="even"):
         rope(np.zeros((1, 2, 3), "float32"))
+
+
+def test_rope_explicit_positions_shared_and_per_example():
+    x = np.random.default_rng(2).normal(size=(2, 5, 2, 16)).astype("float32")
+    rope = RotaryEmbedding(max_wavelength=1e6)
+    gapped = [0, 1, 7, 8, 9]  # two slots cut out after position 1
+    np.testing.assert_allclose(rope(x, positions=gapped).numpy(), _np_rope(x, positions=gapped), atol=1e-5)
+    per_example = [[0, 1, 2, 3, 4], [0, 4, 5, 6, 7]]
+    out = rope(x, positions=tf.constant(per_example)).numpy()
+    np.testing.assert_allclose(out, _np_rope(x, positions=per_example), atol=1e-5)
+    np.testing.assert_allclose(out[0], rope(x).numpy()[0], atol=1e-6)  # row 0 = default positions
 
 
 def _np_attention(layer, x, mask):

@@ -51,6 +51,8 @@ class QwenAttention(keras.layers.Layer):
         attention_mask: bool/int tensor ``[batch, seq, seq]``, 1 = may attend;
             ``None`` = attend everywhere (the caller adds causality).
         training: bool.
+        positions: optional ``[seq]`` or ``[batch, seq]`` RoPE positions
+            (default ``0..seq-1``).
 
     Returns:
         Tensor ``[batch, seq, hidden]``.
@@ -149,11 +151,11 @@ class QwenAttention(keras.layers.Layer):
         """The projections that carry LoRA (query, value)."""
         return [self._query_dense, self._value_dense]
 
-    def call(self, hidden_states, attention_mask=None, training=None):
+    def call(self, hidden_states, attention_mask=None, training=None, positions=None):
         query = self._query_dense(hidden_states, training=training)  # [b, q, u, h]
-        query = self._rotary_embedding(self._query_dense_layer_norm(query))
+        query = self._rotary_embedding(self._query_dense_layer_norm(query), positions=positions)
         key = self._key_dense(hidden_states)  # [b, k, v, h]
-        key = self._rotary_embedding(self._key_dense_layer_norm(key))
+        key = self._rotary_embedding(self._key_dense_layer_norm(key), positions=positions)
         value = self._value_dense(hidden_states, training=training)  # [b, k, v, h]
 
         # Group the query heads per key/value head instead of repeating K and V:

@@ -60,6 +60,8 @@ class QwenDecoderBlock(keras.layers.Layer):
         attention_mask: bool ``[batch, seq, seq]``, optional; overrides the
             mask built from ``padding_mask``.
         training: bool.
+        positions: optional ``[seq]`` or ``[batch, seq]`` RoPE positions
+            (default ``0..seq-1``).
 
     Returns:
         Tensor ``[batch, seq, hidden]``.
@@ -147,14 +149,14 @@ class QwenDecoderBlock(keras.layers.Layer):
         _build_in_scope(self._feedforward, input_shape)
         super().build(input_shape)
 
-    def call(self, x, padding_mask=None, attention_mask=None, training=None):
+    def call(self, x, padding_mask=None, attention_mask=None, training=None, positions=None):
         if attention_mask is None:
             if padding_mask is None:
                 padding_mask = tf.ones(tf.shape(x)[:2], tf.bool)
             attention_mask = compute_causal_padding_mask(padding_mask)
         residual = x
         h = self._self_attention_layernorm(x)
-        h = self._self_attention_layer(h, attention_mask=attention_mask, training=training)
+        h = self._self_attention_layer(h, attention_mask=attention_mask, training=training, positions=positions)
         h = self._self_attention_dropout(h, training=training)
         x = residual + h
         h = self._feedforward(self._feedforward_layernorm(x))

@@ -24,6 +24,9 @@ class RotaryEmbedding(keras.layers.Layer):
         inputs: tensor ``[batch, seq, d]`` or ``[batch, seq, heads, d]``; the
             sequence axis is 1, the feature axis is the last; ``d`` must be even.
         start_index: int or scalar tensor. Position of the first element.
+        positions: optional int/float ``[seq]`` or ``[batch, seq]``: explicit
+            positions (then ``start_index`` is ignored), e.g. to keep the
+            positions of a sequence whose padding slots were cut out.
 
     Returns:
         Tensor of the same shape and dtype as ``inputs``.
@@ -41,7 +44,7 @@ class RotaryEmbedding(keras.layers.Layer):
         self.max_wavelength = max_wavelength
         self.scaling_factor = scaling_factor
 
-    def call(self, inputs, start_index=0):
+    def call(self, inputs, start_index=0, positions=None):
         rotary_dim = inputs.shape[-1]
         if rotary_dim is None or rotary_dim % 2:
             raise ValueError(
@@ -53,11 +56,14 @@ class RotaryEmbedding(keras.layers.Layer):
             tf.constant(self.max_wavelength, tf.float32), -(idx / float(rotary_dim))
         )
         inverse_freq = inverse_freq / tf.cast(self.scaling_factor, tf.float32)
-        positions = tf.range(seq_len, dtype=tf.float32) + tf.cast(start_index, tf.float32)
-        freq = tf.einsum("i,j->ij", positions, inverse_freq)  # [seq, d/2]
-        embedding = tf.concat([freq, freq], axis=-1)  # [seq, d]
-        # Broadcast over batch and any axes between sequence and features.
-        shape = [1, -1] + [1] * (inputs.shape.rank - 3) + [rotary_dim]
+        if positions is None:
+            positions = tf.range(seq_len, dtype=tf.float32) + tf.cast(start_index, tf.float32)
+        positions = tf.cast(positions, tf.float32)
+        freq = positions[..., None] * inverse_freq  # [seq, d/2] or [batch, seq, d/2]
+        embedding = tf.concat([freq, freq], axis=-1)
+        # Broadcast over batch (unless per-example positions) and any axes between sequence and features.
+        lead = [1, -1] if positions.shape.rank == 1 else [tf.shape(positions)[0], -1]
+        shape = lead + [1] * (inputs.shape.rank - 3) + [rotary_dim]
         embedding = tf.reshape(embedding, shape)
         cos = tf.cast(tf.cos(embedding), inputs.dtype)
         sin = tf.cast(tf.sin(embedding), inputs.dtype)

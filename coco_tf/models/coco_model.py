@@ -74,6 +74,12 @@ class CoCoModel(UserLevelRetrievalModel):
         llm: a ``QwenBackbone`` (with LoRA; frozen for ``ablation="con"``).
         codebook_size, num_shared_prompts, threshold, max_prompts, selection:
             the prompt codebook (``coco.*``).
+        trim_prompt_slots: the loss path feeds the decoder only the first
+            ``S + max_b m_b`` prompt slots of the batch (selected codewords are a
+            prefix of the slots, so the rest are padding for every user), with
+            the remaining tokens' RoPE positions unchanged: the same values at
+            fewer tokens. Serving/evaluation always use all ``S + m_max`` slots
+            (static shapes, so the export can compile with XLA).
         initial_codebook, initial_shared: optional init arrays (``None``: random).
         ablation: ``none | soft | dec | con``.
         fusion: ``attention | mlp | concat``.
@@ -93,6 +99,7 @@ class CoCoModel(UserLevelRetrievalModel):
         threshold: float = 0.45,
         max_prompts: int = 32,
         selection: str = "cosine",
+        trim_prompt_slots: bool = True,
         initial_codebook=None,
         initial_shared=None,
         ablation: str = "none",
@@ -114,6 +121,7 @@ class CoCoModel(UserLevelRetrievalModel):
         self.beta = float(beta)
         self.gamma = float(gamma)
         self.decision_override = None if decision_override is None else float(decision_override)
+        self.trim_prompt_slots = bool(trim_prompt_slots)
         self.llm = llm
         if ablation == "con":
             self.llm.trainable = False
@@ -142,25 +150,36 @@ class CoCoModel(UserLevelRetrievalModel):
         h_pure = self.decoupling(h_prompt, h_mix, mix_mask, training=training)
         return self.alignment(h_rs, h_pure, prompt_mask, training=training)
 
-    def llm_branch(self, history, h_rs, training=None):
+    def llm_branch(self, history, h_rs, training=None, trim_prompts=False):
         """The prompt selection and the LLM pass (eq. 2-3) for ``h_RS [B, d]``.
 
         Returns the codebook's outputs (``sel``: prompts, masks, VQ losses, selection
         counts) plus ``h_mix [B, P + T, d_llm]`` and ``mix_mask [B, P + T]``.
+        ``trim_prompts``: ``P = S + max_b m_b`` instead of ``S + m_max`` (see
+        ``trim_prompt_slots``); ``prompts`` and ``prompt_mask`` are cut to match.
         """
         sel = self.codebook(self.proj(h_rs))  # e_u [B, d_llm] -> selected prompts
         h_prompt, prompt_mask = sel["prompts"], sel["prompt_mask"]
         h_text, text_mask = self.history_text(history)
+        llm_inputs = {}
+        if trim_prompts:
+            # Top-k order makes each user's selection a prefix of the m_max slots. The history keeps
+            # positions S + m_max + t, so the decoder computes what it computes on every slot.
+            slots = self.codebook.num_shared_prompts + tf.reduce_max(sel["num_selected"])
+            llm_inputs["position_ids"] = tf.concat(
+                [tf.range(slots), tf.shape(h_prompt)[1] + tf.range(tf.shape(h_text)[1])], axis=0
+            )
+            h_prompt, prompt_mask = h_prompt[:, :slots], prompt_mask[:, :slots]
         mix_mask = tf.concat([prompt_mask, text_mask], axis=1)  # [B, P + T]
-        h_mix = self.llm(
-            {"inputs_embeds": tf.concat([h_prompt, tf.cast(h_text, h_prompt.dtype)], axis=1),
-             "padding_mask": tf.cast(mix_mask, tf.int32)},
-            training=training,
-        )
-        return dict(sel, h_mix=tf.cast(h_mix, h_rs.dtype), mix_mask=mix_mask)
+        llm_inputs["inputs_embeds"] = tf.concat([h_prompt, tf.cast(h_text, h_prompt.dtype)], axis=1)
+        llm_inputs["padding_mask"] = tf.cast(mix_mask, tf.int32)
+        h_mix = self.llm(llm_inputs, training=training)
+        return dict(sel, prompts=h_prompt, prompt_mask=prompt_mask, h_mix=tf.cast(h_mix, h_rs.dtype),
+                    mix_mask=mix_mask)
 
     def user_vector(self, history, h_rs, states, training=None, target_ids=None):
-        sel = self.llm_branch(history, h_rs, training=training)
+        trim = self.trim_prompt_slots and target_ids is not None
+        sel = self.llm_branch(history, h_rs, training=training, trim_prompts=trim)
         h_prompt, prompt_mask, h_mix, mix_mask = sel["prompts"], sel["prompt_mask"], sel["h_mix"], sel["mix_mask"]
         metrics, losses = {}, {}
         if target_ids is None:  # serving / evaluation

@@ -82,7 +82,10 @@ class QwenBackbone(keras.Model):
     Accepts EITHER ``token_ids`` OR ``inputs_embeds`` (soft prompts and item
     text vectors enter as embeddings), plus a ``padding_mask``, and returns the
     final normed hidden states. Attention is causal plus key padding (padding
-    on the right, as keras-nlp pads; positions are ``0..seq-1``).
+    on the right, as keras-nlp pads). RoPE positions are ``0..seq-1`` unless
+    ``position_ids`` (int ``[seq]`` or ``[batch, seq]``, Hugging Face's name)
+    gives them, e.g. to cut padding slots out of a sequence without moving
+    the tokens after them.
 
     LoRA: ``lora_rank > 0`` puts LoRA on the query and value projections of the
     blocks in ``lora_layers`` (``None`` = every block) and freezes everything
@@ -327,11 +330,11 @@ class QwenBackbone(keras.Model):
                 "QwenBackbone expects a dict with 'token_ids' or 'inputs_embeds' "
                 f"(and optionally 'padding_mask'); got {type(inputs).__name__}."
             )
-        unknown = set(inputs) - {"token_ids", "inputs_embeds", "padding_mask"}
+        unknown = set(inputs) - {"token_ids", "inputs_embeds", "padding_mask", "position_ids"}
         if unknown:
             raise ValueError(
                 f"QwenBackbone got unknown input keys {sorted(unknown)}; expected "
-                "'token_ids' or 'inputs_embeds', and 'padding_mask'."
+                "'token_ids' or 'inputs_embeds', and optionally 'padding_mask' and 'position_ids'."
             )
         token_ids = inputs.get("token_ids")
         embeds = inputs.get("inputs_embeds")
@@ -353,8 +356,9 @@ class QwenBackbone(keras.Model):
         if padding_mask is None:
             padding_mask = tf.ones(tf.shape(x)[:2], tf.int32)
         attention_mask = compute_causal_padding_mask(padding_mask, tf.shape(x)[1])
+        positions = inputs.get("position_ids")  # None: 0..seq-1
         for block in self.transformer_layers:
-            x = block(x, attention_mask=attention_mask, training=training)
+            x = block(x, attention_mask=attention_mask, training=training, positions=positions)
         return self.layer_norm(x)
 
     # ----------------------------------------------------------------------- LoRA

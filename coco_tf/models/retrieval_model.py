@@ -216,6 +216,7 @@ def build_model(
         threshold=c.threshold,
         max_prompts=c.max_prompts,
         selection=c.selection,
+        trim_prompt_slots=c.trim_prompt_slots,
         initial_codebook=llm_assets.codebook_init,
         initial_shared=llm_assets.shared_init,
         ablation=c.ablation,

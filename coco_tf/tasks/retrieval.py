@@ -24,6 +24,15 @@ LOSSES = ("full_softmax", "in_batch")
 _PAD_QUERIES = 256
 
 
+def _padded_rows(n):
+    """Rows the full-softmax kernel runs on for ``n`` queries: next power of two <= 256, else a multiple of 256."""
+    n = tf.cast(n, tf.int32)
+    powers = tf.constant([2**i for i in range(9)], tf.int32)  # 1 .. 256
+    small = tf.reduce_min(tf.where(powers >= n, powers, _PAD_QUERIES))
+    large = (n + _PAD_QUERIES - 1) // _PAD_QUERIES * _PAD_QUERIES
+    return tf.where(n <= _PAD_QUERIES, small, large)
+
+
 @tf.function(jit_compile=True)
 def _full_softmax_xent(query, target_ids, item_table, temperature):
     """``-log softmax(query · item_tableᵀ / τ)[target]`` per row, padding column excluded."""
@@ -68,9 +77,10 @@ class NextItemRetrieval(keras.layers.Layer):
         if self.loss == "full_softmax":
             # XLA fuses the [N, I] logits, softmax and gradient passes, which
             # are memory-bound on CPU (about 2x faster on this loss). N is
-            # padded to a multiple of 256 so that only a few shapes compile.
+            # padded so that only a few shapes compile: to the next power of two up to 256
+            # (a user-level loss over a batch of 128 stays 128 rows), then to a multiple of 256.
             n = tf.shape(query)[0]
-            padded = (n + _PAD_QUERIES - 1) // _PAD_QUERIES * _PAD_QUERIES
+            padded = _padded_rows(n)
             q = tf.pad(query, [[0, padded - n], [0, 0]])
             t = tf.pad(tf.cast(target_ids, tf.int32), [[0, padded - n]], constant_values=1)
             return _full_softmax_xent(q, t, tf.cast(item_table, query.dtype), self.temperature)[:n]
