@@ -56,10 +56,10 @@ def _finish(proc, timeout=300):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """{"base" | "coco": (model_dir, export path, the trained in-memory model)}; base goes through the CLI with two k
-    (in a subprocess that runs while the CoCo model trains)."""
+    """{"base" | "coco" | "kar": (model_dir, export path, the trained in-memory model)}; base goes through the CLI with
+    two k (in a subprocess that runs while the CoCo and KAR models train)."""
     out, cli = {}, None
-    for method in ("base", "coco"):
+    for method in ("base", "coco", "kar"):
         model_dir = str(tmp_path_factory.mktemp(f"{method}_run"))
         cfg = load_config(overrides=TINY + ["train.epochs=1", f"coco.method={method}", f"runtime.model_dir={model_dir}"])
         trainer = Trainer(cfg)
@@ -117,7 +117,7 @@ def _reference(model, histories, k):
     return order + 1, np.take_along_axis(scores, order, axis=1), user
 
 
-@pytest.mark.parametrize("method", ["base", "coco"])
+@pytest.mark.parametrize("method", ["base", "coco", "kar"])
 def test_export_matches_in_memory_model(trained, method):
     _, path, model = trained[method]  # the trainer's own model: LoRA factors separate, unmerged
     if method == "coco":
@@ -137,6 +137,9 @@ def test_export_matches_in_memory_model(trained, method):
     stored = [k for k, _ in tf.train.list_variables(os.path.join(path, "variables", "variables")) if "VARIABLE_VALUE" in k]
     assert len(stored) == len(names)
     assert not [n for n in names if "lora" in n or "iteration" in n or "optimizer" in n.lower()], names
+    if method == "kar":  # the frozen decoder computes the reasoning knowledge per history; the adaptor maps it
+        assert any("item_text_table" in n for n in names) and any(n.startswith("llm/") for n in names), names
+        assert any("hybrid_expert_adaptor" in n for n in names), names
     if method == "coco":
         assert any("item_text_table" in n for n in names), names
         # The served query kernel is the trained one with A·B·alpha/r folded in (numpy reference).
