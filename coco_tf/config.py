@@ -392,16 +392,6 @@ def validate(cfg: Config) -> None:
                        ("coco.num_shared_prompts", cfg.coco.num_shared_prompts)):
         if value < 0:
             raise ConfigError(f"config key '{key}': must be >= 0, got {value}")
-    if cfg.runtime.strategy == "ps" and cfg.model.item_text:
-        raise ConfigError(
-            "config key 'model.item_text': true runs with runtime.strategy=local only in this version "
-            "(the parameter-server trainer builds the id-only candidate tower)"
-        )
-    if cfg.runtime.strategy == "ps" and cfg.coco.method != "base":
-        raise ConfigError(
-            f"config key 'coco.method': {cfg.coco.method!r} runs with runtime.strategy=local only in this "
-            "version (the parameter-server trainer builds the base model)"
-        )
     if cfg.data.source == "synthetic" and cfg.data.synthetic_min_len < 3:
         raise ConfigError("config key 'data.synthetic_min_len': must be >= 3 (train, validation and test items)")
 

@@ -155,11 +155,14 @@ def test_kar_forward_and_frozen_llm():
     assert not any(n.startswith("llm") or "/llm/" in n or "transformer_layer" in n for n in names)
 
 
-def test_build_model_needs_assets_and_ps_rejects_coco():
-    from coco_tf.config import ConfigError, load_config
+def test_build_model_needs_assets_and_ps_accepts_llm_methods():
+    from coco_tf.config import load_config
     from coco_tf.models.retrieval_model import build_model
 
     with pytest.raises(ValueError, match="needs llm_assets"):
         build_model(load_config(overrides=["coco.method=coco"]), 10)
-    with pytest.raises(ConfigError, match="runtime.strategy=local only"):
-        load_config(overrides=["coco.method=kar", "runtime.strategy=ps"])
+    # The parameter-server trainer builds kar, coco (every ablation) and the item text tower too
+    # (trained on a real cluster in tests/test_ps_training.py).
+    for method in ("kar", "coco"):
+        cfg = load_config(overrides=[f"coco.method={method}", "model.item_text=true", "runtime.strategy=ps"])
+        assert (cfg.coco.method, cfg.model.item_text, cfg.runtime.strategy) == (method, True, "ps")

@@ -1,7 +1,8 @@
 """Parameter-server training on a real subprocess cluster (2 PS, 2 workers, chief) on loopback.
 
 Each test starts its servers with LocalCluster (python -m coco_tf.training.server per task) and
-runs the chief as ``python -m coco_tf.train --set runtime.strategy=ps``.
+runs the chief as ``python -m coco_tf.train --set runtime.strategy=ps``; the CoCo / KAR tests
+add the tiny decoder and codebook of tests/test_coco_train.py.
 """
 
 import json
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from coco_tf.training.local_cluster import LocalCluster, chief_command
@@ -30,6 +32,11 @@ TINY = [
     # 151 x 32 float32 = 19 KB: small shards so that the item table splits across both PS tasks.
     "runtime.partitioner_min_shard_bytes=4096",
 ]
+
+
+# The tiny decoder / codebook of tests/test_coco_train.py.
+LLM = ["train.loss=in_batch", "coco.codebook_size=8", "coco.max_prompts=3", "coco.threshold=0.2", "llm.lora_rank=4"]
+TELEMETRY = ("loss/rec", "loss/aux", "loss/ortho", "loss/vq", "coco/m1_fraction", "coco/mean_selected")
 
 
 def start_chief(overrides, model_dir, cluster):
@@ -119,3 +126,98 @@ def test_ps_killed_stops_with_clear_message(tmp_path):
     assert rc == 3, out[-3000:]
     assert "cluster error:" in out and "Relaunch the job with the same model_dir to resume from" in out
     assert "ckpt-" in out.split("cluster error:")[1]
+
+
+def popularity_test_metrics():
+    """Recall / NDCG of ranking every item by its training-split count, on the TINY test split."""
+    from coco_tf.config import load_config
+    from coco_tf.data.loader import load_dataset
+    from coco_tf.data.split import leave_one_out
+    from coco_tf.metrics.ranking import metrics_from_ranks
+
+    data = load_dataset(load_config(overrides=TINY).data)
+    split = leave_one_out(data.sequences)
+    counts = np.bincount(np.concatenate(split.train), minlength=data.num_items + 1)
+    ranks = [int((counts[1:] >= counts[t]).sum()) - 1 for t in split.test.targets]  # pessimistic, as Evaluator
+    return metrics_from_ranks(np.array(ranks), [10])
+
+
+def check_history(model_dir, keys):
+    """history.json: every epoch has finite values for ``keys``; returns the telemetry per epoch."""
+    history = json.load(open(model_dir / "history.json"))
+    assert [h["epoch"] for h in history] == [1, 2]
+    for h in history:
+        assert np.isfinite(h["loss"]) and all(np.isfinite(h["telemetry"][k]) for k in keys), h
+    return [h["telemetry"] for h in history]
+
+
+def local_test_metrics(model_dir):
+    """``(model, test metrics)``: the chief's best checkpoint restored into a local model (built as
+    python -m coco_tf.export builds it: placeholders for every LLM array, LoRA kept separate) and
+    evaluated on the test split (one batch of 300 users, eager: 30x faster than a trace here)."""
+    import tensorflow as tf
+
+    from coco_tf.data.loader import load_dataset
+    from coco_tf.data.split import leave_one_out
+    from coco_tf.export.exporter import load_trained_model
+    from coco_tf.training.trainer import Evaluator
+
+    cfg, model = load_trained_model(str(model_dir), merge_lora=False)
+    test_set = leave_one_out(load_dataset(cfg.data).sequences).test
+    tf.config.run_functions_eagerly(True)
+    try:
+        return model, Evaluator(model, cfg.eval.ks, cfg.data.max_len, cfg.eval.batch_size).evaluate(test_set)
+    finally:
+        tf.config.run_functions_eagerly(False)
+
+
+def assert_same_metrics(local, chief):
+    for k, v in chief.items():
+        assert local[k] == pytest.approx(v, abs=0.005), (k, local, chief)
+
+
+def test_coco_trains_under_ps_restores_into_local_model_and_exports(tmp_path):
+    from coco_tf.export.exporter import export_saved_model
+    from coco_tf.models.coco_model import CoCoModel
+
+    with LocalCluster(2, 2, log_dir=str(tmp_path / "logs")) as cluster:
+        chief = start_chief(LLM + ["coco.method=coco", "train.epochs=2", "train.eval_every=2",
+                                   "runtime.steps_per_execution=2"], tmp_path, cluster)
+        rc, out = finish(chief)
+    assert rc == 0, out[-3000:]
+    telemetry = check_history(tmp_path, TELEMETRY)
+    assert all(0.0 <= t["coco/m1_fraction"] <= 1.0 for t in telemetry), telemetry
+    assert telemetry[1]["loss/total"] < telemetry[0]["loss/total"], telemetry
+    m = json.load(open(tmp_path / "metrics.json"))
+    pop = popularity_test_metrics()
+    assert m["test"]["recall@10"] > pop["recall@10"] and m["test"]["ndcg@10"] > pop["ndcg@10"], (m["test"], pop)
+
+    # The chief's checkpoint restores into a local CoCoModel that ranks the test users as the chief did;
+    # LoRA learnt on the PS (its B factors start at zero).
+    model, local = local_test_metrics(tmp_path)
+    assert isinstance(model, CoCoModel)
+    assert any(np.abs(v.numpy()).max() > 0 for v in model.llm.lora_variables if "lora_b" in v.name)
+    assert_same_metrics(local, m["test"])
+    # What python -m coco_tf.export runs (in-process: a CLI subprocess would add its ~15 s TF import).
+    path = export_saved_model(str(tmp_path), str(tmp_path / "export"))
+    assert os.path.exists(os.path.join(path, "saved_model.pb"))
+
+
+def test_kar_with_item_text_trains_under_ps(tmp_path):
+    from coco_tf.models.kar import KARModel
+
+    with LocalCluster(2, 2, log_dir=str(tmp_path / "logs")) as cluster:
+        chief = start_chief(LLM + ["coco.method=kar", "model.item_text=true", "train.epochs=2", "train.eval_every=2"],
+                            tmp_path, cluster)
+        rc, out = finish(chief)
+    assert rc == 0, out[-3000:]
+    telemetry = check_history(tmp_path, ("loss/rec", "loss/aux", "loss/total"))
+    assert telemetry[1]["loss/total"] < telemetry[0]["loss/total"], telemetry
+    m = json.load(open(tmp_path / "metrics.json"))
+    assert m["test"]["recall@10"] > 2 * 10 / 150, m["test"]
+    # The frozen item text table, the seen-item mask and the text projection were PS variables
+    # and restore locally with the rest (the exporter re-encodes KAR's two prompts from the data).
+    model, local = local_test_metrics(tmp_path)
+    assert isinstance(model, KARModel) and model.text_in_candidates
+    assert np.abs(model.item_text.embeddings.numpy()[1:]).max() > 0  # restored, not the zero placeholder
+    assert_same_metrics(local, m["test"])

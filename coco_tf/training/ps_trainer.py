@@ -7,12 +7,38 @@ Cluster (from ``TF_CONFIG``, see :mod:`coco_tf.training.tf_config`)::
     worker:*   run the scheduled train steps on their own data shards
                (``python -m coco_tf.training.server``)
 
-Same model code as :class:`coco_tf.training.trainer.Trainer` and the same
-``model_dir`` layout (``config.yaml``, ``ckpt/``, ``best/``, ``history.json``,
-``metrics.json``, ``tensorboard/``); the evaluation (:class:`Evaluator`) runs on
-the chief between epochs and reads the variables from the PS tasks.
+Same model code as :class:`coco_tf.training.trainer.Trainer` (every ``coco.method``:
+base, kar, coco with each ablation, fusion and selection rule; ``model.item_text``),
+the same train step (:func:`~coco_tf.training.trainer.train_step`) and the same
+``model_dir`` layout (``config.yaml``, ``ckpt/``, ``best/``, ``cache/``,
+``history.json``, ``metrics.json``, ``tensorboard/``); the evaluation
+(:class:`Evaluator`) runs on the chief between epochs and reads the variables from
+the PS tasks.
 
 Decisions:
+
+* **LLM-augmented models.** :func:`~coco_tf.training.trainer.model_inputs` (shared
+  with ``Trainer``) builds the numpy inputs on the chief before ``strategy.scope()``:
+  the item text table (encoded once by the frozen base decoder, cached in
+  ``cache/``), the base decoder weights, the codebook / shared-prompt / KAR prompt
+  encodings and the training-item mask. ``build_model`` then runs inside the scope,
+  so every variable made from them — the decoder and its LoRA factors, the
+  codebook, the frozen item text table (non-trainable; split across the PS tasks
+  by the partitioner like the item table) and the seen-item mask — lives on the
+  PS tasks. Nothing assigns a variable inside ``call`` (the VQ codebook learns by
+  gradients; ``merge_lora`` runs only at export), so asynchronous updates from the
+  workers are safe. The contradiction decision (eq. 8) and the gradient mask
+  (eq. 9) are ops of the step function and run unchanged on the workers: with M
+  forced to 1 for every example, LoRA's B factors stay exactly zero after a PS
+  epoch; with the real decision they move.
+* **Telemetry.** The scheduled function returns one float32 vector: the sums over
+  its ``steps_per_execution`` steps of the loss and, for kar / coco, of every
+  telemetry scalar of ``compute_loss_and_metrics`` (loss terms, ``coco/m1_fraction``,
+  ``coco/mean_selected``, codebook perplexity / unused, ...; names found by one
+  eager forward pass at build time). After ``join()`` the chief fetches one tensor
+  per scheduled function, logs the chunk means to TensorBoard ``train/<name>`` and
+  the epoch means to ``history.json`` (``telemetry``) and ``train_epoch/<name>``,
+  as ``Trainer`` does.
 
 * **Variable partitioning.** ``runtime.ps_partitioner=min_size`` (default):
   ``MinSizePartitioner(partitioner_min_shard_bytes, max_shards=ps_shards or
@@ -30,13 +56,16 @@ Decisions:
   dies and comes back gets a new ticket: until the run ends one shard may be
   read twice as often and another not at all (logged by the coordinator as a
   worker recovery); everything else stays exact.
-* **Loss.** Per-example losses (``reduction=none``) averaged with
-  ``tf.nn.compute_average_loss`` inside ``strategy.run`` (DESIGN §7), divided by
-  the same constant per-position normaliser as ``Trainer`` (batch size × mean
-  history length), so that every position weighs the same in both.
+* **Loss.** The model's own loss (per-example losses with ``reduction=none``,
+  DESIGN §7) with the same constant per-position normaliser as ``Trainer`` (batch
+  size × mean history length), so that every position weighs the same in both,
+  divided by the replicas in sync inside ``strategy.run`` (for the base model this
+  is ``tf.nn.compute_average_loss`` with that normaliser).
 * **Optimizer.** :class:`LazyAdam`: the in_batch loss gives the item table a
   sparse gradient and only those rows are updated; the full-softmax loss's
-  gradient is dense (the logits touch every row) and gets Adam's update.
+  gradient is dense (the logits touch every row) and gets Adam's update. So do
+  the decoder, LoRA and codebook weights. Variables without a gradient in the
+  objective (a frozen codebook, a frozen decoder) are skipped.
 * **Checkpoints.** The chief saves ``ckpt/ckpt-<step>`` at every epoch end and,
   with ``train.checkpoint_every_steps``, within epochs (after ``join()``, so the
   saved state is exactly ``step`` steps). A restarted chief restores the latest
@@ -75,6 +104,8 @@ from coco_tf.training.trainer import (  # noqa: E402,F401
     Evaluator,
     count_batches,
     format_table,
+    model_inputs,
+    train_step,
 )
 
 _CLUSTER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
@@ -126,31 +157,37 @@ def make_ps_optimizer(cfg: Config) -> LazyAdam:
     return LazyAdam(learning_rate=cfg.train.learning_rate, weight_decay=wd)
 
 
-def make_train_fn(strategy, model, optimizer):
-    """``fn(iterator, num_steps) -> mean loss``: ``num_steps`` train steps on one worker."""
+def make_train_fn(strategy, model, optimizer, names=("loss",)):
+    """``fn(iterator, num_steps) -> float32 [len(names)]``: ``num_steps`` train steps on one worker.
+
+    Each step is :func:`coco_tf.training.trainer.train_step` (the local trainer's step:
+    same loss, same gradient masking, same telemetry) inside ``strategy.run``. The
+    result is the *sum* over the steps of ``names``: ``"loss"`` (summed over the
+    worker's replicas) and the model's telemetry scalars (kar, coco; averaged over
+    the replicas), stacked into one vector so that the chief fetches a single
+    tensor per scheduled function and divides by the steps itself.
+    """
+    names = tuple(names)
 
     def replica_step(batch):
-        with tf.GradientTape() as tape:
-            per_example = model.per_example_loss(batch, training=True)
-            # Same weighting as Trainer: a constant per-position normaliser when the model has one.
-            norm = getattr(model, "loss_normalizer", None)
-            # (compute_average_loss wants an integer batch size; this is its sum / (size * replicas).)
-            if norm:
-                loss = tf.reduce_sum(per_example) / (norm * strategy.num_replicas_in_sync)
-            else:
-                loss = tf.nn.compute_average_loss(per_example)
-        variables = model.trainable_variables
-        grads = tape.gradient(loss, variables)
-        optimizer.apply_gradients(zip(grads, variables))
-        return loss
+        return train_step(model, optimizer, batch, strategy.num_replicas_in_sync)
+
+    def one_step(batch):
+        loss, telemetry = strategy.run(replica_step, args=(batch,))
+        values = {"loss": strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)}
+        for k, v in telemetry.items():
+            values[k] = strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
+        missing = set(names) - set(values)
+        if missing:
+            raise ValueError(f"the train step has no {sorted(missing)}; it reports {sorted(values)}")
+        return tf.stack([tf.cast(values[k], tf.float32) for k in names])
 
     @tf.function
     def train_fn(iterator, num_steps):
-        total = tf.constant(0.0)
+        total = tf.zeros([len(names)], tf.float32)
         for _ in tf.range(num_steps):
-            loss = strategy.run(replica_step, args=(next(iterator),))
-            total += strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
-        return total / tf.cast(num_steps, tf.float32)
+            total += one_step(next(iterator))
+        return total
 
     return train_fn
 
@@ -186,8 +223,12 @@ class PSTrainer(EpochEndMixin):
         self.dataset = dataset if dataset is not None else load_dataset(cfg.data)
         logging.info("data: %s", self.dataset.describe())
         self.split = leave_one_out(self.dataset.sequences)
+        # kar / coco / model.item_text: numpy arrays (item text table, base decoder weights,
+        # prompt encodings), built here on the chief; every variable made from them (the
+        # decoder, LoRA, codebook, the frozen text table) is created in the scope, on the PS.
+        inputs = model_inputs(cfg, self.dataset, self.split, self.model_dir)
         with self.strategy.scope():
-            self.model = build_model(cfg, self.dataset.num_items, attributes=self.dataset.attributes)
+            self.model = build_model(cfg, self.dataset.num_items, **inputs)
             self.optimizer = make_ps_optimizer(cfg)
             self._tickets = tf.Variable(0, dtype=tf.int64, trainable=False, name="input_shard_tickets")
             self._build()
@@ -209,13 +250,24 @@ class PSTrainer(EpochEndMixin):
         )
         self.evaluator = Evaluator(self.model, cfg.eval.ks, cfg.data.max_len, cfg.eval.batch_size,
                                    cfg.eval.exclude_history)
-        self._train_fn = make_train_fn(self.strategy, self.model, self.optimizer)
+        self._train_fn = make_train_fn(self.strategy, self.model, self.optimizer, self._names)
         self.writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "tensorboard"))
         logging.info("item table shards: %s", table_placement(self.model))
 
     def _build(self):
+        """In the scope: creates the model's and optimizer's variables (on the PS tasks) and
+        finds what the step function reports (``self._names``: loss, then the telemetry).
+
+        The telemetry names come from one eager forward pass of the training objective on
+        a one-user batch (the step function needs them before its loop, to sum them over
+        ``steps_per_execution``); tracing it instead costs seconds more on a small machine.
+        """
         dummy = {"history": tf.ones([1, 2], tf.int64), "targets": tf.ones([1, 2], tf.int64)}
         self.model(dummy, training=False)
+        telemetry = {}
+        if hasattr(self.model, "compute_loss_and_metrics"):
+            telemetry = self.model.compute_loss_and_metrics(dummy, training=False)[1]
+        self._names = ["loss"] + sorted(telemetry)
         self.optimizer.build(self.model.trainable_variables)
 
     def _dataset_fn(self):
@@ -278,20 +330,26 @@ class PSTrainer(EpochEndMixin):
             done = int(self.epoch_step.numpy())
             start = done
             loss_value = float("nan")
+            epoch_sums = np.zeros(len(self._names))  # this process's steps of the epoch (resume: the rest)
             while done < steps_per_epoch:
                 chunk_end = min(steps_per_epoch, (done // every + 1) * every)
-                losses = []
+                sums = []  # one RemoteValue (a [len(names)] vector of step sums) per scheduled function
                 while done < chunk_end:
                     n = min(spe, chunk_end - done)
-                    losses.append(self.coordinator.schedule(self._train_fn, args=(iterator, tf.constant(n))))
+                    sums.append(self.coordinator.schedule(self._train_fn, args=(iterator, tf.constant(n))))
                     done += n
                 self.coordinator.join()
-                loss_value = float(np.mean([r.fetch() for r in losses]))
-                self.step.assign_add(chunk_end - int(self.epoch_step.numpy()))
+                chunk_steps = chunk_end - int(self.epoch_step.numpy())
+                chunk_sums = np.sum([r.fetch() for r in sums], axis=0)
+                epoch_sums += chunk_sums
+                chunk_means = dict(zip(self._names, (chunk_sums / chunk_steps).tolist()))
+                loss_value = chunk_means["loss"]
+                self.step.assign_add(chunk_steps)
                 self.epoch_step.assign(chunk_end)
                 step = int(self.step.numpy())
                 with self.writer.as_default():
-                    tf.summary.scalar("train/loss", loss_value, step=step)
+                    for k, v in chunk_means.items():
+                        tf.summary.scalar(f"train/{k}", v, step=step)
                 if cfg.runtime.progress:
                     print(f"epoch {epoch}/{cfg.train.epochs} step {chunk_end}/{steps_per_epoch} "
                           f"(global {step}) loss {loss_value:.4f}", flush=True)
@@ -304,6 +362,7 @@ class PSTrainer(EpochEndMixin):
             record = {"epoch": epoch, "loss": loss_value, "train_seconds": round(time.time() - te, 2),
                       "step": int(self.step.numpy())}
             step = int(self.step.numpy())
+            self._add_telemetry(record, dict(zip(self._names[1:], epoch_sums[1:].tolist())), done - start, step)
             if self._end_epoch(epoch, step, record, history, history_path, checkpoint_number=step):
                 break
         return self._finish(t0, train_seconds, train_examples)

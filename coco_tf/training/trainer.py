@@ -54,6 +54,57 @@ def count_batches(lengths: np.ndarray, batch_size: int, max_len: int, bucket: bo
     return int(sum(math.ceil(c / batch_size) for c in np.bincount(bucket_ids) if c))
 
 
+def model_inputs(cfg: Config, dataset, split, model_dir: str) -> Dict:
+    """``build_model``'s keyword arguments besides ``cfg`` and ``num_items``, for both trainers.
+
+    kar / coco / ``model.item_text``: the frozen base decoder encodes the catalog
+    titles once (cached on disk, ``llm.cache_dir`` or ``<model_dir>/cache``) and the
+    prompt texts (:func:`coco_tf.llm.assets.build_llm_assets`); the model's decoder
+    starts from its weights. ``model.item_text``: ``seen_items``, the training
+    split's items (the others are cold, scored by their text). Everything here is
+    numpy: the parameter-server trainer builds it on the chief before
+    ``strategy.scope()`` and creates the variables from it inside.
+    """
+    llm_assets = None
+    if needs_llm_assets(cfg):
+        from coco_tf.llm.assets import build_llm_assets
+
+        llm_assets = build_llm_assets(cfg, dataset.titles, cfg.llm.cache_dir or os.path.join(model_dir, "cache"))
+    seen = None
+    if cfg.model.item_text:
+        seen = training_item_mask(split.train, dataset.num_items)
+        logging.info("model.item_text: %d catalog items never occur in training (scored by text)",
+                     dataset.num_items - int(seen[1:].sum()))
+    return {"llm_assets": llm_assets, "seen_items": seen, "attributes": dataset.attributes}
+
+
+def apply_gradients(optimizer, grads, variables) -> None:
+    """Variables outside this objective (S3Rec's pre-training heads while fine-tuning, a
+    [MASK] embedding, a frozen codebook) have no gradient: skipped quietly."""
+    optimizer.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
+
+
+def train_step(model, optimizer, batch, num_replicas: int = 1):
+    """One optimizer step on ``batch``, for both trainers: ``(loss, telemetry)``.
+
+    Models with telemetry (kar, coco: ``compute_loss_and_metrics``) give every loss
+    term and their diagnostics as ``{name: scalar}``; the others ``{}``. The loss
+    is divided by ``num_replicas`` (replicas in sync under a strategy, whose
+    gradients are summed): with the model's per-position ``loss_normalizer`` (or
+    its batch mean) that equals ``tf.nn.compute_average_loss`` for the base model.
+    """
+    with tf.GradientTape() as tape:
+        if hasattr(model, "compute_loss_and_metrics"):
+            loss, telemetry = model.compute_loss_and_metrics(batch, training=True)
+        else:
+            loss, telemetry = model.compute_loss(batch, training=True), {}
+        if num_replicas != 1:
+            loss = loss / num_replicas
+    variables = model.trainable_variables
+    apply_gradients(optimizer, tape.gradient(loss, variables), variables)
+    return loss, telemetry
+
+
 class Evaluator:
     """Full-ranking evaluation of a model's user vectors against all items."""
 
@@ -119,6 +170,16 @@ class EpochEndMixin:
         patience = cfg.train.early_stopping_patience
         return patience > 0 and int(self.stale_evals.numpy()) >= patience
 
+    def _add_telemetry(self, record: Dict, sums: Dict[str, float], steps: int, step: int) -> None:
+        """Epoch means of the step telemetry (kar, coco: ``sums`` over ``steps`` steps) into
+        ``record["telemetry"]`` (history.json) and TensorBoard ``train_epoch/<name>``."""
+        if not steps or not sums:
+            return
+        record["telemetry"] = {k: round(v / steps, 6) for k, v in sums.items()}
+        with self.writer.as_default():
+            for k, v in record["telemetry"].items():
+                tf.summary.scalar(f"train_epoch/{k}", v, step=step)
+
     def _end_epoch(self, epoch: int, step: int, record: Dict, history: list, history_path: str,
                    checkpoint_number: int) -> bool:
         """Validates, appends the epoch to history.json, checkpoints; returns whether to stop early."""
@@ -180,21 +241,9 @@ class Trainer(EpochEndMixin):
                 "%d users have fewer than 3 items: used for training only, not evaluated",
                 self.split.train_only_users,
             )
-        # kar / coco: the frozen base decoder encodes the catalog titles once (cached
-        # on disk) and the prompt texts; the model's decoder starts from its weights.
-        self.llm_assets = None
-        if needs_llm_assets(cfg):
-            from coco_tf.llm.assets import build_llm_assets
-
-            cache_dir = cfg.llm.cache_dir or os.path.join(self.model_dir, "cache")
-            self.llm_assets = build_llm_assets(cfg, self.dataset.titles, cache_dir)
-        seen = None
-        if cfg.model.item_text:  # items of the training split; the others are cold (text only)
-            seen = training_item_mask(self.split.train, self.dataset.num_items)
-            logging.info("model.item_text: %d catalog items never occur in training (scored by text)",
-                         self.dataset.num_items - int(seen[1:].sum()))
-        self.model = build_model(cfg, self.dataset.num_items, self.llm_assets, seen_items=seen,
-                                 attributes=self.dataset.attributes)
+        inputs = model_inputs(cfg, self.dataset, self.split, self.model_dir)
+        self.llm_assets = inputs["llm_assets"]
+        self.model = build_model(cfg, self.dataset.num_items, **inputs)
         self.optimizer = make_optimizer(cfg)
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.best_score = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_score")
@@ -219,35 +268,12 @@ class Trainer(EpochEndMixin):
             "history": tf.TensorSpec([None, None], tf.int64),
             "targets": tf.TensorSpec([None, None], tf.int64),
         }
-        # Models with telemetry (kar, coco) return (loss, {name: scalar}) per step.
-        self._with_metrics = hasattr(self.model, "compute_loss_and_metrics")
-        step_fn = self._step_with_metrics if self._with_metrics else self._step
-        self._train_step = tf.function(step_fn, input_signature=[spec])
+        # Models with telemetry (kar, coco) report {name: scalar} per step (train_step).
+        self._train_step = tf.function(lambda batch: train_step(self.model, self.optimizer, batch),
+                                       input_signature=[spec])
         self.writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "tensorboard"))
 
     # ------------------------------------------------------------------ steps
-
-    @staticmethod
-    def _apply(optimizer, grads, variables):
-        # Variables outside this objective (S3Rec's pre-training heads while
-        # fine-tuning, a [MASK] embedding) have no gradient: skipped quietly.
-        optimizer.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
-
-    def _step(self, batch):
-        with tf.GradientTape() as tape:
-            loss = self.model.compute_loss(batch, training=True)
-        variables = self.model.trainable_variables
-        grads = tape.gradient(loss, variables)
-        self._apply(self.optimizer, grads, variables)
-        return loss
-
-    def _step_with_metrics(self, batch):
-        with tf.GradientTape() as tape:
-            loss, metrics = self.model.compute_loss_and_metrics(batch, training=True)
-        variables = self.model.trainable_variables
-        grads = tape.gradient(loss, variables)
-        self._apply(self.optimizer, grads, variables)
-        return loss, metrics
 
     def pretrain(self, ds, steps_per_epoch: int) -> list:
         """The backbone's self-supervised stage (S3Rec), before fine-tuning.
@@ -271,7 +297,7 @@ class Trainer(EpochEndMixin):
         def step(batch):
             with tf.GradientTape() as tape:
                 losses = backbone.pretrain_losses(batch, training=True)
-            self._apply(optimizer, tape.gradient(losses["total"], variables), variables)
+            apply_gradients(optimizer, tape.gradient(losses["total"], variables), variables)
             return losses
 
         records = []
@@ -338,14 +364,11 @@ class Trainer(EpochEndMixin):
             te = time.time()
             telemetry_sum, telemetry_steps = {}, 0
             for i, batch in enumerate(ds):
-                out = self._train_step(batch)
-                telemetry = {}
-                if self._with_metrics:
-                    out, telemetry = out
-                    telemetry = {k: float(v) for k, v in telemetry.items()}
-                    for k, v in telemetry.items():
-                        telemetry_sum[k] = telemetry_sum.get(k, 0.0) + v
-                    telemetry_steps += 1
+                out, telemetry = self._train_step(batch)
+                telemetry = {k: float(v) for k, v in telemetry.items()}
+                for k, v in telemetry.items():
+                    telemetry_sum[k] = telemetry_sum.get(k, 0.0) + v
+                telemetry_steps += 1
                 loss_value = float(out)
                 step += 1
                 if step % 50 == 0:
@@ -358,12 +381,7 @@ class Trainer(EpochEndMixin):
             train_examples += len(lengths)
             self.epoch.assign(epoch)
             record = {"epoch": epoch, "loss": loss_value, "train_seconds": round(time.time() - te, 2)}
-            if telemetry_steps:
-                record["telemetry"] = {k: round(v / telemetry_steps, 6) for k, v in telemetry_sum.items()}
-                with self.writer.as_default():
-                    for k, v in record["telemetry"].items():
-                        tf.summary.scalar(f"train_epoch/{k}", v, step=step)
-
+            self._add_telemetry(record, telemetry_sum, telemetry_steps, step)
             if self._end_epoch(epoch, step, record, history, history_path, checkpoint_number=epoch):
                 break
 
