@@ -83,7 +83,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Dict, Optional
+from typing import Dict
 
 os.environ.setdefault("GRPC_FAIL_FAST", "use_caller")
 
