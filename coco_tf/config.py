@@ -159,7 +159,6 @@ class TrainConfig:
         "runtime.strategy=ps: the chief also checkpoints every this many steps within an epoch, bounding the "
         "work lost when a PS or the chief dies (0: only at epoch ends)",
     )
-    mixed_precision: bool = _field(False, "run matmuls in bfloat16 (variables stay float32)")
 
 
 @dataclasses.dataclass
