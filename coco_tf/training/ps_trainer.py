@@ -93,9 +93,7 @@ import tf_keras as keras  # noqa: E402
 from absl import logging  # noqa: E402
 
 from coco_tf.config import Config, dump_config  # noqa: E402
-from coco_tf.data.loader import load_dataset  # noqa: E402
 from coco_tf.data.pipeline import train_dataset, training_examples  # noqa: E402
-from coco_tf.data.split import leave_one_out  # noqa: E402
 from coco_tf.models.retrieval_model import build_model  # noqa: E402
 from coco_tf.training.lazy_adam import LazyAdam  # noqa: E402
 from coco_tf.training.trainer import (  # noqa: E402,F401
@@ -104,6 +102,7 @@ from coco_tf.training.trainer import (  # noqa: E402,F401
     Evaluator,
     count_batches,
     format_table,
+    load_and_split,
     model_inputs,
     train_step,
 )
@@ -220,9 +219,7 @@ class PSTrainer(EpochEndMixin):
         self.coordinator = tf.distribute.experimental.coordinator.ClusterCoordinator(self.strategy)
         dump_config(cfg, os.path.join(self.model_dir, "config.yaml"))
 
-        self.dataset = dataset if dataset is not None else load_dataset(cfg.data)
-        logging.info("data: %s", self.dataset.describe())
-        self.split = leave_one_out(self.dataset.sequences)
+        self.dataset, self.split = load_and_split(cfg, dataset)
         # kar / coco / model.item_text: numpy arrays (item text table, base decoder weights,
         # prompt encodings), built here on the chief; every variable made from them (the
         # decoder, LoRA, codebook, the frozen text table) is created in the scope, on the PS.

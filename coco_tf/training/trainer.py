@@ -54,6 +54,20 @@ def count_batches(lengths: np.ndarray, batch_size: int, max_len: int, bucket: bo
     return int(sum(math.ceil(c / batch_size) for c in np.bincount(bucket_ids) if c))
 
 
+def load_and_split(cfg: Config, dataset=None):
+    """``(dataset, leave-one-out split)`` for both trainers, logging what the data lost:
+    skipped input lines and users too short to evaluate (never silently)."""
+    dataset = dataset if dataset is not None else load_dataset(cfg.data)
+    logging.info("data: %s", dataset.describe())
+    if dataset.skipped.total:
+        logging.warning(dataset.skipped.summary())
+    split = leave_one_out(dataset.sequences)
+    if split.train_only_users:
+        logging.warning("%d users have fewer than 3 items: used for training only, not evaluated",
+                        split.train_only_users)
+    return dataset, split
+
+
 def model_inputs(cfg: Config, dataset, split, model_dir: str) -> Dict:
     """``build_model``'s keyword arguments besides ``cfg`` and ``num_items``, for both trainers.
 
@@ -231,16 +245,7 @@ class Trainer(EpochEndMixin):
         keras.utils.set_random_seed(cfg.train.seed)
         dump_config(cfg, os.path.join(self.model_dir, "config.yaml"))
 
-        self.dataset = dataset if dataset is not None else load_dataset(cfg.data)
-        logging.info("data: %s", self.dataset.describe())
-        if self.dataset.skipped.total:
-            logging.warning(self.dataset.skipped.summary())
-        self.split = leave_one_out(self.dataset.sequences)
-        if self.split.train_only_users:
-            logging.warning(
-                "%d users have fewer than 3 items: used for training only, not evaluated",
-                self.split.train_only_users,
-            )
+        self.dataset, self.split = load_and_split(cfg, dataset)
         inputs = model_inputs(cfg, self.dataset, self.split, self.model_dir)
         self.llm_assets = inputs["llm_assets"]
         self.model = build_model(cfg, self.dataset.num_items, **inputs)
