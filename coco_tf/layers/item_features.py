@@ -4,6 +4,7 @@
   (0 = unknown, as in ``SequenceDataset.attributes``) -> one int32 table
   ``[num_items + 1, F]`` of ids in a shared vocabulary (field f's value v -> its
   offset + v; 0 stays "unknown") and the vocabulary size ``A + 1``.
+* :func:`attribute_constants`: the same, as a backbone stores it.
 * :class:`FeatureAttention`: FDSA's vanilla attention that pools an item's
   ``F`` feature embeddings into one vector.
 """
@@ -33,6 +34,14 @@ def merge_attribute_tables(tables: Dict[str, object], num_items: int) -> Tuple[n
     merged = np.stack(columns, axis=1).astype(np.int32)
     merged[0] = 0  # padding item
     return merged, offset + 1
+
+
+def attribute_constants(attribute_tables, num_items: int):
+    """A feature backbone's attribute inputs: ``({name: int64 [num_items + 1]}`` as given (for
+    ``get_config``), the merged table as a constant ``int32 [num_items + 1, F]``, vocab size ``A + 1``)."""
+    tables = {k: np.asarray(v, np.int64) for k, v in (attribute_tables or {}).items()}
+    table, vocab = merge_attribute_tables(tables, num_items)
+    return tables, tf.constant(table), vocab
 
 
 def select_attributes(cfg, attributes) -> Dict[str, np.ndarray]:

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from coco_tf.layers.item_features import FeatureAttention, merge_attribute_tables, select_attributes
+from coco_tf.layers.item_features import FeatureAttention, attribute_constants, select_attributes
 from coco_tf.layers.sasrec_block import SASRecBlock
 from coco_tf.models.registry import register
 from coco_tf.models.sasrec import SASRec, self_attention_stack
@@ -45,11 +44,9 @@ class FDSA(SASRec):
     def __init__(self, item_embedding, max_len: int = 50, hidden_dim: int = 64, attribute_tables=None, **kwargs):
         super().__init__(item_embedding, max_len=max_len, hidden_dim=hidden_dim, **kwargs)
         num_items = int(item_embedding.input_dim) - 1
-        self.attribute_tables = {k: np.asarray(v, np.int64) for k, v in (attribute_tables or {}).items()}
-        table, vocab = merge_attribute_tables(self.attribute_tables, num_items)
-        self.num_features = table.shape[1]
+        self.attribute_tables, self._feature_table, vocab = attribute_constants(attribute_tables, num_items)
+        self.num_features = int(self._feature_table.shape[1])  # F; the table is [num_items + 1, F]
         self.feature_vocab_size = vocab
-        self._feature_table = tf.constant(table)  # [num_items + 1, F]
         self.feature_embedding = keras.layers.Embedding(
             vocab, hidden_dim, embeddings_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
             name="feature_embedding",

@@ -114,16 +114,18 @@ class SequentialRetrievalModel(tfrs.Model):
             return table
         if not self.item_text.built:
             self.item_text.build(None)
-        text = tf.stop_gradient(tf.convert_to_tensor(self.item_text.embeddings))
-        return table * self.item_seen + self.text_projection(text)
+        return self._with_text(table, self.item_seen, tf.convert_to_tensor(self.item_text.embeddings))
 
     def candidate_embeddings(self, ids: tf.Tensor) -> tf.Tensor:
         """Rows of :meth:`item_table` for ``ids`` ``[...]`` -> ``[..., d]`` (sparse lookups)."""
         emb = self.item_embedding(ids)
         if not self.text_in_candidates:
             return emb
-        seen = tf.gather(self.item_seen, ids)
-        return emb * seen + self.text_projection(tf.stop_gradient(self.item_text(ids)))
+        return self._with_text(emb, tf.gather(self.item_seen, ids), self.item_text(ids))
+
+    def _with_text(self, emb, seen, text):
+        """The ``model.item_text`` candidate: ``seen · E + W · text`` (the frozen text gets no gradient)."""
+        return emb * seen + self.text_projection(tf.stop_gradient(text))
 
     def call(self, features, training=None):
         history = features["history"] if isinstance(features, dict) else features
@@ -186,17 +188,20 @@ def build_model(
         backbone_kwargs=backbone_kwargs,
     )
     method = cfg.coco.method
-    if needs_llm_assets(cfg) and llm_assets is None:
-        raise ValueError(f"coco.method={method} / model.item_text needs llm_assets (coco_tf.llm.assets.build_llm_assets)")
+    if needs_llm_assets(cfg):
+        if llm_assets is None:
+            raise ValueError(
+                f"coco.method={method} / model.item_text needs llm_assets (coco_tf.llm.assets.build_llm_assets)"
+            )
+        common["item_text_table"] = llm_assets.item_text_table
     if m.item_text:
-        common.update(item_text_table=llm_assets.item_text_table, text_in_candidates=True, seen_items=seen_items)
+        common.update(text_in_candidates=True, seen_items=seen_items)
     if method == "base":
         return SequentialRetrievalModel(**common, name="sequential_retrieval")
     c = cfg.coco
     if method == "kar":
         from coco_tf.models.kar import KARModel
 
-        common.setdefault("item_text_table", llm_assets.item_text_table)
         return KARModel(
             **common,
             llm=llm_assets.make_decoder(lora_rank=0),
@@ -207,7 +212,6 @@ def build_model(
     from coco_tf.models.coco_model import CoCoModel
 
     lora_rank = 0 if c.ablation == "con" else cfg.llm.lora_rank
-    common.setdefault("item_text_table", llm_assets.item_text_table)
     return CoCoModel(
         **common,
         llm=llm_assets.make_decoder(lora_rank, cfg.llm.lora_alpha, cfg.llm.lora_dropout),

@@ -25,11 +25,10 @@ Fine-tuning: the same encoder, causal, next-item prediction at every position
 
 from __future__ import annotations
 
-import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from coco_tf.layers.item_features import merge_attribute_tables, select_attributes
+from coco_tf.layers.item_features import attribute_constants, select_attributes
 from coco_tf.models.backbone import MaskTokenMixin, full_sequence, last_valid_index, random_item_mask
 from coco_tf.models.registry import register
 from coco_tf.models.sasrec import SASRec
@@ -57,10 +56,8 @@ class S3Rec(MaskTokenMixin, SASRec):
         if not 0.0 < mask_prob <= 1.0:
             raise ValueError(f"config key 'model.s3rec_mask_prob': must be in (0, 1], got {mask_prob}")
         self.num_items = int(item_embedding.input_dim) - 1
-        self.attribute_tables = {k: np.asarray(v, np.int64) for k, v in (attribute_tables or {}).items()}
-        table, vocab = merge_attribute_tables(self.attribute_tables, self.num_items)
-        self.attribute_vocab_size = vocab
-        self._attribute_table = tf.constant(table)  # [num_items + 1, F]
+        self.attribute_tables, self._attribute_table, vocab = attribute_constants(attribute_tables, self.num_items)
+        self.attribute_vocab_size = vocab  # the table is [num_items + 1, F]
         self.pretrain_epochs = int(pretrain_epochs)
         self.mask_prob = float(mask_prob)
         self.aap_weight, self.mip_weight = float(aap_weight), float(mip_weight)
@@ -111,7 +108,8 @@ class S3Rec(MaskTokenMixin, SASRec):
     def _newest(self, states, seq):
         return tf.gather(states, last_valid_index(seq != 0), batch_dims=1)
 
-    def _random_items(self, shape, dtype):
+    def _random_items(self, shape):
+        """Uniform item ids in ``[1, num_items]`` (negatives), int64."""
         return tf.random.uniform(shape, 1, self.num_items + 1, dtype=tf.int64)
 
     def segment_mask(self, seq):
@@ -145,7 +143,7 @@ class S3Rec(MaskTokenMixin, SASRec):
         states = self.encode(tf.where(masked, mask_id, seq), training=training, causal=False)
         f = tf.boolean_mask(states, masked)  # [N, d]
         targets = tf.boolean_mask(seq, masked)  # [N]
-        negatives = self._random_items(tf.shape(targets), seq.dtype)
+        negatives = self._random_items(tf.shape(targets))
         mip = tf.reduce_mean(
             self._pair_loss(f, self.item_embedding(targets), self.item_embedding(negatives), "mip")
         )
@@ -157,7 +155,7 @@ class S3Rec(MaskTokenMixin, SASRec):
         # SP: the segment-masked sequence vs the segment itself / another user's segment.
         segment = self.segment_mask(seq)
         other = tf.roll(seq, shift=1, axis=0)
-        other = tf.where(other != 0, other, self._random_items(tf.shape(seq), seq.dtype))
+        other = tf.where(other != 0, other, self._random_items(tf.shape(seq)))
         context_seq = tf.where(segment, mask_id, seq)
         pos_seq = tf.where(valid, tf.where(segment, seq, mask_id), tf.zeros_like(seq))
         neg_seq = tf.where(valid, tf.where(segment, other, mask_id), tf.zeros_like(seq))
