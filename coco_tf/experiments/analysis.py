@@ -20,16 +20,18 @@ import tensorflow as tf
 import tf_keras as keras
 
 from coco_tf.config import load_config
-from coco_tf.data.loader import load_dataset
-from coco_tf.data.split import leave_one_out, training_item_mask
+from coco_tf.data.pipeline import pad_histories
 from coco_tf.export.exporter import best_checkpoint
-from coco_tf.models.retrieval_model import build_model, needs_llm_assets
+from coco_tf.layers.decoupling import masked_mean
+from coco_tf.models.retrieval_model import build_model
+from coco_tf.training.trainer import load_and_split, model_inputs
 
 
 @dataclasses.dataclass
 class LoadedRun:
     cfg: object
     model: object
+    dataset: object
     split: object
     restored: bool
 
@@ -41,21 +43,12 @@ def load_run(run_dir: str, restore: bool = True, dataset=None) -> LoadedRun:
         raise FileNotFoundError(f"{run_dir}: no config.yaml (not a coco_tf run directory)")
     cfg = load_config(cfg_path)
     keras.utils.set_random_seed(cfg.train.seed)  # the trainer's order: seed, data, LLM assets, model
-    dataset = dataset if dataset is not None else load_dataset(cfg.data)
-    split = leave_one_out(dataset.sequences)
-    assets = None
-    seen = None
-    if needs_llm_assets(cfg):
-        from coco_tf.llm.assets import build_llm_assets
-
-        assets = build_llm_assets(cfg, dataset.titles, cfg.llm.cache_dir or os.path.join(run_dir, "cache"))
-    if cfg.model.item_text:
-        seen = training_item_mask(split.train, dataset.num_items)
-    model = build_model(cfg, dataset.num_items, assets, seen_items=seen, attributes=dataset.attributes)
+    dataset, split = load_and_split(cfg, dataset)
+    model = build_model(cfg, dataset.num_items, **model_inputs(cfg, dataset, split, run_dir))
     model({"history": tf.ones([1, 2], tf.int64)}, training=False)
     if restore:
         tf.train.Checkpoint(model=model).restore(best_checkpoint(run_dir)).expect_partial()
-    return LoadedRun(cfg, model, split, restore)
+    return LoadedRun(cfg, model, dataset, split, restore)
 
 
 def coco_internals(model, histories: np.ndarray, batch_size: int = 512) -> dict:
@@ -65,10 +58,8 @@ def coco_internals(model, histories: np.ndarray, batch_size: int = 512) -> dict:
         history = tf.constant(histories[start:start + batch_size], tf.int64)
         _, h_rs = model.backbone.user_states(history, training=False)
         branch = model.llm_branch(history, h_rs, training=False)
-        prompt_mask = branch["prompt_mask"]
         h_pure = model.decoupling(branch["prompts"], branch["h_mix"], branch["mix_mask"], training=False)  # [B, P, d_llm]
-        w = tf.cast(prompt_mask, h_pure.dtype)[..., None]
-        pooled = tf.reduce_sum(h_pure * w, axis=1) / tf.maximum(tf.reduce_sum(w, axis=1), 1.0)
+        pooled = masked_mean(h_pure, branch["prompt_mask"])
         out["h_rs"].append(h_rs.numpy())
         out["llm_out"].append(pooled.numpy())
         out["m"].append(np.asarray(branch["num_selected"]))
@@ -76,16 +67,12 @@ def coco_internals(model, histories: np.ndarray, batch_size: int = 512) -> dict:
 
 
 def test_histories(split, max_len: int, limit: Optional[int] = None, seed: int = 0) -> np.ndarray:
-    """Left-padded int64 ``[U, max_len]`` test histories (a random ``limit`` of them)."""
+    """int64 ``[U, max_len]`` test histories (a random ``limit`` of them), right-padded as in evaluation."""
     hist = split.test.histories
     idx = np.arange(len(hist))
     if limit is not None and limit < len(idx):
         idx = np.sort(np.random.default_rng(seed).choice(idx, size=limit, replace=False))
-    out = np.zeros([len(idx), max_len], np.int64)
-    for row, i in enumerate(idx):
-        h = np.asarray(hist[i], np.int64)[-max_len:]
-        out[row, max_len - len(h):] = h
-    return out
+    return pad_histories([np.asarray(hist[i], np.int64) for i in idx], max_len)
 
 
 class _BehaviouralOnly:

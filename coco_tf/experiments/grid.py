@@ -39,7 +39,11 @@ GRID_KEYS = ("base_config", "overrides", "backbones", "methods", "seeds", "sweep
 
 @dataclasses.dataclass
 class Run:
-    """One cell of the grid: its labels, its ``--set`` overrides and its directory."""
+    """One cell of the grid: its labels, its ``--set`` overrides and its directory.
+
+    ``method`` is the grid's method label; ``cell`` names the directory and the
+    results row: the label, plus ``@<key>=<value>`` for a swept run.
+    """
 
     backbone: str
     method: str
@@ -47,6 +51,7 @@ class Run:
     overrides: Dict[str, object]
     run_dir: str
     sweep_value: Optional[object] = None
+    cell: str = ""
 
     @property
     def done(self) -> bool:
@@ -88,7 +93,7 @@ class Grid:
                     ov[self.sweep["key"]] = value
                     cell = f"{label}@{self.sweep['key'].split('.')[-1]}={value}"
                 run_dir = os.path.join(self.out_dir, backbone, cell, f"seed{seed}")
-                out.append(Run(backbone, label, seed, ov, run_dir, value))
+                out.append(Run(backbone, label, seed, ov, run_dir, value, cell))
         return out
 
 
@@ -187,7 +192,7 @@ def run_grid(grid: Grid, dry_run: bool = False, log=print, only_methods=None) ->
     failed = []
     cache = os.path.join(grid.out_dir, "llm_cache")  # the item text table is shared by every run
     for i, run in enumerate(runs, 1):
-        tag = f"[{i}/{len(runs)}] {run.backbone}/{os.path.basename(os.path.dirname(run.run_dir))}/seed{run.seed}"
+        tag = f"[{i}/{len(runs)}] {run.backbone}/{run.cell}/seed{run.seed}"
         if run.done:
             log(f"{tag}: done, skipped")
             continue

@@ -47,9 +47,10 @@ def _unit(x):
 def coco_figures(run_dir: str, out_dir: str, tag: str, num_users: int = 400) -> List[str]:
     """t-SNE and m-histogram PNGs for one CoCo run directory; returns the paths."""
     plt = _pyplot()
-    states = {}
+    states, dataset = {}, None
     for when, restore in (("initial", False), ("trained", True)):
-        run = load_run(run_dir, restore=restore)
+        run = load_run(run_dir, restore=restore, dataset=dataset)
+        dataset = run.dataset
         hist = test_histories(run.split, run.cfg.data.max_len, limit=num_users)
         states[when] = coco_internals(run.model, hist)
     paths = []

@@ -22,10 +22,6 @@ SHORT = {"recall@5": "R@5", "ndcg@5": "N@5", "recall@10": "R@10", "ndcg@10": "N@
 TELEMETRY = ("coco/m1_fraction", "coco/mean_selected", "coco/empty_selection", "coco/codebook_perplexity", "coco/codebook_unused")
 
 
-def _cell_label(grid: Grid, run) -> str:
-    return os.path.basename(os.path.dirname(run.run_dir))
-
-
 def collect(grid: Grid) -> List[Dict]:
     """One dict per finished run: labels, test metrics, best epoch, wall time, telemetry."""
     rows = []
@@ -36,7 +32,7 @@ def collect(grid: Grid) -> List[Dict]:
             m = json.load(fh)
         row = {
             "backbone": run.backbone,
-            "method": _cell_label(grid, run),
+            "method": run.cell,
             "seed": run.seed,
             "sweep_value": "" if run.sweep_value is None else run.sweep_value,
         }
