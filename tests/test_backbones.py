@@ -17,7 +17,7 @@ import tf_keras as keras
 
 from coco_tf.config import load_config
 from coco_tf.data.synthetic import generate_synthetic
-from coco_tf.metrics.ranking import metrics_from_ranks, target_ranks
+from coco_tf.metrics.ranking import popularity_metrics
 from coco_tf.models.backbone import full_sequence
 from coco_tf.models.bert4rec import BERT4Rec
 from coco_tf.models.fdsa import FDSA
@@ -215,17 +215,6 @@ def test_s3rec_pretraining_losses_decrease():
 
 
 # ------------------------------------------------------------------ through the Trainer
-def popularity_metrics(trainer, ks=(5, 10)):
-    """A popularity ranker (training-interaction counts) on the trainer's own test split."""
-    counts = np.zeros(trainer.dataset.num_items + 1, np.float32)
-    for seq in trainer.split.train:
-        np.add.at(counts, seq, 1.0)
-    test = trainer.split.test
-    scores = np.tile(counts, (len(test.targets), 1))
-    ranks = target_ranks(tf.constant(scores), tf.constant(test.targets)).numpy()
-    return metrics_from_ranks(ranks, ks)
-
-
 def write_text_dataset(root, data):
     """The catalog in the text format: sequences.txt and items.tsv with a categories column (no brand)."""
     root.mkdir()
@@ -254,7 +243,7 @@ def test_backbone_trains_and_beats_popularity(tmp_path, backbone):
     if backbone == "fdsa":
         assert set(trainer.model.backbone.attribute_tables) == {"category"}
         assert int(trainer.model.backbone.attribute_tables["category"][1:].min()) > 0
-    pop = popularity_metrics(trainer)
+    pop = popularity_metrics(trainer.split.train, trainer.split.test.targets, trainer.dataset.num_items)
     assert result["test"]["ndcg@10"] > pop["ndcg@10"], (result["test"], pop)
     assert result["test"]["recall@10"] > pop["recall@10"], (result["test"], pop)
     if backbone == "s3rec":  # the pre-training stage ran first and logged its four losses

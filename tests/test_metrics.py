@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from coco_tf.metrics.ranking import RankingMetrics, metrics_from_ranks, target_ranks
+from coco_tf.metrics.ranking import RankingMetrics, metrics_from_ranks, popularity_metrics, target_ranks
 
 
 def reference_rank(scores, target, history=None):
@@ -78,3 +78,14 @@ def test_accumulator_matches_one_shot():
         acc.update(tf.constant(chunk))
     assert acc.count == 100
     assert acc.result() == pytest.approx(metrics_from_ranks(ranks, [5, 10, 20]))
+
+
+def test_popularity_metrics_match_target_ranks_on_count_scores():
+    # Items 1..6; counts 3, 1, 1, 0, 2, 1 (ties at 1): the same pessimistic ranks as target_ranks.
+    train = [np.array([1, 1, 2, 5]), np.array([1, 3, 5, 6])]
+    targets = np.array([1, 2, 4, 5, 6])
+    counts = np.array([0, 3, 1, 1, 0, 2, 1], np.float32)
+    ranks = target_ranks(tf.constant(np.tile(counts, (len(targets), 1))), tf.constant(targets)).numpy()
+    np.testing.assert_array_equal(ranks, [0, 4, 5, 1, 4])
+    expected = metrics_from_ranks(ranks, [1, 5])
+    assert popularity_metrics(train, targets, num_items=6, ks=[1, 5]) == pytest.approx(expected)

@@ -85,3 +85,13 @@ def metrics_from_ranks(ranks: np.ndarray, ks: Iterable[int]) -> Dict[str, float]
         out[f"recall@{k}"] = float(hit.mean()) if len(ranks) else 0.0
         out[f"ndcg@{k}"] = float((hit / np.log2(ranks + 2.0)).mean()) if len(ranks) else 0.0
     return out
+
+
+def popularity_metrics(train_sequences, targets, num_items: int, ks: Iterable[int] = (5, 10)) -> Dict[str, float]:
+    """The popularity baseline (RecBole's ``Pop``): every user ranks the items by their count in
+    ``train_sequences``; Recall / NDCG@K of ``targets`` ``[U]`` with the same pessimistic ranks."""
+    counts = np.bincount(np.concatenate([np.asarray(s, np.int64) for s in train_sequences]),
+                         minlength=num_items + 1)
+    ordered = np.sort(counts[1:])
+    at_or_above = len(ordered) - np.searchsorted(ordered, counts[np.asarray(targets, np.int64)], side="left")
+    return metrics_from_ranks(at_or_above - 1, ks)
