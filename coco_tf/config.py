@@ -286,6 +286,11 @@ def _set(cfg: Config, dotted: str, value: Any) -> None:
         raise ConfigError(
             f"unknown config key '{dotted}'; keys are <section>.<name> with section one of: {', '.join(sections)}"
         )
+    if dotted in RETIRED_KEYS:
+        default, why = RETIRED_KEYS[dotted]
+        if _coerce(dotted, value, type(default), None) != default:  # old run directories hold the default: they load
+            raise ConfigError(f"config key '{dotted}' was removed ({why}); only its old default {default!r} is accepted")
+        return
     section = getattr(cfg, parts[0])
     fields = {f.name: f for f in dataclasses.fields(section)}
     if parts[1] not in fields:
@@ -295,6 +300,12 @@ def _set(cfg: Config, dotted: str, value: Any) -> None:
     f = fields[parts[1]]
     type_ = _section_types(type(section))[f.name]
     setattr(section, f.name, _coerce(dotted, value, type_, f.metadata.get("choices")))
+
+
+# Keys that config.yaml files of older runs still contain: {key: (the only accepted value, why removed)}.
+RETIRED_KEYS = {
+    "train.mixed_precision": (False, "nothing ever read it"),
+}
 
 
 def apply_dict(cfg: Config, overrides: Dict[str, Any], source: str = "overrides") -> Config:

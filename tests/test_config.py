@@ -84,3 +84,12 @@ def test_shipped_configs_load():
     assert files
     for path in files:
         load_config(path, ["data.path=/tmp/anywhere"])
+
+
+def test_retired_key_loads_old_run_configs_but_rejects_other_values(tmp_path):
+    # config.yaml of runs written before train.mixed_precision was removed still holds it (False).
+    old_run = tmp_path / "config.yaml"
+    old_run.write_text("train:\n  epochs: 3\n  mixed_precision: false\n")
+    assert load_config(str(old_run)).train.epochs == 3
+    with pytest.raises(ConfigError, match="train.mixed_precision' was removed"):
+        load_config(overrides=["train.mixed_precision=true"])
