@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from coco_tf.config import ConfigError
+from coco_tf.config import ConfigError, load_config
 from coco_tf.experiments.analysis import branch_metrics, load_run
 from coco_tf.experiments.grid import load_grid
 from coco_tf.experiments.report import markdown_table, mean_std, summarize
@@ -61,15 +61,16 @@ def test_grid_trains_reports_skips_and_plots(tmp_path):
     out = tmp_path / "out"
     res = _cli("--grid", grid_path, "--out_dir", str(out), "--plots")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    rows = list(csv.DictReader(open(out / "results.csv")))
+    report = out / "reports" / "grid"
+    rows = list(csv.DictReader(open(report / "results.csv")))
     assert sorted((r["method"], r["seed"]) for r in rows) == [
         ("base", "1"), ("base", "2"), ("coco@threshold=0.2", "1"), ("coco@threshold=0.2", "2")]
     coco_rows = [r for r in rows if r["method"].startswith("coco")]
     assert all(0.0 <= float(r["m1_fraction"]) <= 1.0 for r in coco_rows)
-    table = (out / "results.md").read_text()
+    table = (report / "results.md").read_text()
     assert "4 of 4 runs finished" in table and "| sasrec | coco@threshold=0.2 | 2 |" in table
     for name in ("tsne_sasrec.png", "m_hist_sasrec.png", "sweep_threshold.png"):
-        png = out / "plots" / name
+        png = report / "plots" / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     # load_run restores the best checkpoint: its test metrics are the run's own metrics.json.
     run_dir = out / "sasrec" / "coco@threshold=0.2" / "seed1"
@@ -81,6 +82,23 @@ def test_grid_trains_reports_skips_and_plots(tmp_path):
     # A second call trains nothing: every run has its metrics.json.
     again = _cli("--grid", grid_path, "--out_dir", str(out))
     assert again.returncode == 0 and again.stdout.count("done, skipped") == 4, again.stdout
+
+
+def test_grids_sharing_out_dir_share_equal_cells_and_keep_their_own_reports(tmp_path):
+    """A swept value equal to the method's own config value is the plain cell's run (one run, not
+    two); other values get their own directories; each grid reports under its own name."""
+    methods = load_grid(_write(tmp_path, "base_config: {base}\nmethods: {{coco: {{coco.method: coco}}}}\n"
+                                         "seeds: [1]\n", "methods.yaml"), str(tmp_path / "out"))
+    sweep = load_grid(_write(tmp_path, "base_config: {base}\nmethods: {{coco: {{coco.method: coco}}}}\nseeds: [1]\n"
+                                       "sweep: {{key: coco.codebook_size, values: [16, 64], methods: [coco]}}\n",
+                             "sweep.yaml"), str(tmp_path / "out"))
+    assert load_config().coco.codebook_size == 64  # the default the sweep's second value equals
+    (plain,) = methods.runs()
+    k16, k64 = sweep.runs()
+    assert (k16.cell, k64.cell) == ("coco@codebook_size=16", "coco@codebook_size=64")
+    assert k64.run_dir == plain.run_dir and k16.run_dir != plain.run_dir
+    assert k16.overrides["coco.codebook_size"] == 16 and "coco.codebook_size" not in plain.overrides
+    assert methods.report_dir != sweep.report_dir and sweep.report_dir.endswith(os.path.join("reports", "sweep"))
 
 
 def test_summary_mean_std_and_relative_improvement_by_hand():

@@ -1,8 +1,8 @@
 """``python -m coco_tf.experiments --grid configs/grids/<name>.yaml [--report_only] [--plots]``.
 
 Trains every run of the grid not finished yet (rerun the same command to continue
-an interrupted grid), then writes ``<out_dir>/results.csv`` and
-``<out_dir>/results.md`` (mean ± std over seeds, relative improvement over
+an interrupted grid), then writes ``<out_dir>/reports/<grid name>/results.csv`` and
+``results.md`` (mean ± std over seeds, relative improvement over
 ``base``) and, with ``--plots``, the PNG figures of
 :mod:`coco_tf.experiments.plots`. Exit status: 0 done, 1 some run failed,
 2 bad grid file.

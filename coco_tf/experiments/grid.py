@@ -11,6 +11,7 @@ A grid file (``configs/grids/<name>.yaml``) names a base config and the axes::
       coco: {coco.method: coco}
     seeds: [42, 43, 44]                         # train.seed values
     sweep: {key: coco.codebook_size, values: [16, 64], methods: [coco]}   # optional
+    out_dir: runs/grids/beauty                  # grids may share it: equal cells are one run
 
 Runs are ordered seed-major (every method for the first seed, then the next
 seed), so a grid cut short still compares every method on the same seeds. Each run is ``python -m coco_tf.train``
@@ -18,6 +19,11 @@ in a subprocess writing ``<out_dir>/<backbone>/<method>/seed<k>/``; a run whose
 ``metrics.json`` exists is skipped, and an interrupted run resumes from its last
 checkpoint (the trainer's own resume), so rerunning the same command continues a
 grid where it stopped.
+
+Grids that share an ``out_dir`` share their equal cells: a swept run whose value is
+the one its method has anyway (``coco.codebook_size: 64`` when 64 is the default)
+trains in the method's plain directory ``<method>/seed<k>``, so a sweep reuses the
+methods grid's runs. Each grid writes its report under ``<out_dir>/reports/<grid name>/``.
 """
 
 from __future__ import annotations
@@ -28,12 +34,13 @@ import os
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import yaml
 
 from coco_tf.config import ConfigError, load_config
 
+_MISSING = object()
 GRID_KEYS = ("base_config", "overrides", "backbones", "methods", "seeds", "sweep", "out_dir")
 
 
@@ -68,10 +75,17 @@ class Grid:
     seeds: List[int]
     out_dir: str
     sweep: Optional[Dict[str, object]] = None
+    # (backbone, method label) -> the swept key's value in that method's config without the sweep
+    sweep_defaults: Dict[Tuple[str, str], object] = dataclasses.field(default_factory=dict)
 
     @property
     def name(self) -> str:
         return os.path.splitext(os.path.basename(self.path))[0]
+
+    @property
+    def report_dir(self) -> str:
+        """``<out_dir>/reports/<grid name>``: results.csv, results.md and plots/ of this grid."""
+        return os.path.join(self.out_dir, "reports", self.name)
 
     def runs(self) -> List[Run]:
         """Every cell, seed-major: all methods for the first seed, then the next seed."""
@@ -88,11 +102,13 @@ class Grid:
                 ov.update(self.backbones[backbone])
                 ov.update(method_overrides)
                 ov["train.seed"] = seed
-                cell = label
+                cell = directory = label
                 if value is not None:
                     ov[self.sweep["key"]] = value
                     cell = f"{label}@{self.sweep['key'].split('.')[-1]}={value}"
-                run_dir = os.path.join(self.out_dir, backbone, cell, f"seed{seed}")
+                    if self.sweep_defaults.get((backbone, label), _MISSING) != value:
+                        directory = cell  # else: the same config as the plain cell, so the same run
+                run_dir = os.path.join(self.out_dir, backbone, directory, f"seed{seed}")
                 out.append(Run(backbone, label, seed, ov, run_dir, value, cell))
         return out
 
@@ -161,6 +177,11 @@ def load_grid(path: str, out_dir: Optional[str] = None) -> Grid:
             load_config(grid.base_config, [f"{k}={_yaml_value(v)}" for k, v in run.overrides.items()])
         except ConfigError as e:
             raise ConfigError(f"grid file {path}, run {run.backbone}/{run.method}/seed{run.seed}: {e}") from None
+        if run.sweep_value is not None and (run.backbone, run.method) not in grid.sweep_defaults:
+            plain = {k: v for k, v in run.overrides.items() if k != sweep["key"]}
+            cfg = load_config(grid.base_config, [f"{k}={_yaml_value(v)}" for k, v in plain.items()])
+            section, _, field = sweep["key"].partition(".")
+            grid.sweep_defaults[(run.backbone, run.method)] = getattr(getattr(cfg, section), field)
     return grid
 
 

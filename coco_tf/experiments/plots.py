@@ -117,7 +117,7 @@ def sweep_figure(grid: Grid, out_dir: str) -> str:
 
 
 def write_plots(grid: Grid) -> List[str]:
-    out_dir = os.path.join(grid.out_dir, "plots")
+    out_dir = os.path.join(grid.report_dir, "plots")
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     for backbone in grid.backbones:

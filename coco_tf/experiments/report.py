@@ -108,11 +108,11 @@ def markdown_table(summary: List[Dict], metrics=("recall@5", "ndcg@5", "recall@1
 
 
 def write_report(grid: Grid) -> Dict[str, str]:
-    """Writes ``results.csv`` and ``results.md`` into the grid's out_dir; returns their paths."""
-    os.makedirs(grid.out_dir, exist_ok=True)
+    """Writes ``results.csv`` and ``results.md`` into ``grid.report_dir``; returns their paths."""
+    os.makedirs(grid.report_dir, exist_ok=True)
     rows = collect(grid)
-    csv_path = os.path.join(grid.out_dir, "results.csv")
-    md_path = os.path.join(grid.out_dir, "results.md")
+    csv_path = os.path.join(grid.report_dir, "results.csv")
+    md_path = os.path.join(grid.report_dir, "results.md")
     write_csv(rows, csv_path)
     total = len(grid.runs())
     text = f"# Grid {grid.name}: {len(rows)} of {total} runs finished\n\nTest split, mean ± std over seeds; Δ = relative to base.\n\n"
