@@ -101,6 +101,48 @@ def test_grids_sharing_out_dir_share_equal_cells_and_keep_their_own_reports(tmp_
     assert methods.report_dir != sweep.report_dir and sweep.report_dir.endswith(os.path.join("reports", "sweep"))
 
 
+def test_grid_processes_skip_runs_another_live_process_holds(tmp_path, monkeypatch):
+    """Two grid processes on one out_dir: a run whose grid.lock names a live process is skipped;
+    a lock left by a dead process is taken over; the lock is gone after the run."""
+    import socket
+
+    from coco_tf.experiments import grid as grid_mod
+
+    grid = load_grid(_write(tmp_path, "base_config: {base}\nmethods: {{base: {{}}}}\nseeds: [1, 2, 3]\n"),
+                     str(tmp_path / "out"))
+    held, stale, free = grid.runs()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    for run, pid in ((held, sleeper.pid), (stale, dead.pid)):
+        os.makedirs(run.run_dir)
+        with open(os.path.join(run.run_dir, "grid.lock"), "w") as fh:
+            fh.write(f"{pid}@{host}")
+    trained = []
+
+    def fake_train(cmd, stdout, stderr):
+        run_dir = cmd[cmd.index("--model_dir") + 1]
+        assert open(os.path.join(run_dir, "grid.lock")).read() == f"{os.getpid()}@{host}"
+        trained.append(run_dir)
+        open(os.path.join(run_dir, "metrics.json"), "w").write("{}")
+        return 0
+
+    monkeypatch.setattr(grid_mod.subprocess, "call", fake_train)
+    lines = []
+    try:
+        assert grid_mod.run_grid(grid, log=lines.append) == []
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert trained == [stale.run_dir, free.run_dir]
+    assert any(f"({sleeper.pid}@{host}), skipped" in line for line in lines), lines
+    assert not os.path.exists(os.path.join(stale.run_dir, "grid.lock"))
+    assert os.path.exists(os.path.join(held.run_dir, "grid.lock")) and not held.done
+    # Its owner gone, the next call trains the held run too.
+    assert grid_mod.run_grid(grid, log=lines.append) == [] and trained[-1] == held.run_dir
+
+
 def test_summary_mean_std_and_relative_improvement_by_hand():
     rows = [
         {"backbone": "sasrec", "method": "base", "seed": 1, "recall@5": 0.10, "ndcg@5": 0.05, "recall@10": 0.2,

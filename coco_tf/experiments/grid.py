@@ -24,6 +24,11 @@ Grids that share an ``out_dir`` share their equal cells: a swept run whose value
 the one its method has anyway (``coco.codebook_size: 64`` when 64 is the default)
 trains in the method's plain directory ``<method>/seed<k>``, so a sweep reuses the
 methods grid's runs. Each grid writes its report under ``<out_dir>/reports/<grid name>/``.
+
+Several grid processes may work on one ``out_dir`` at once (two processes of one
+thread each use two cores better than one process of two threads on this
+size of model): a run being trained holds ``<run_dir>/grid.lock`` (the owner's
+pid), the others skip it; a lock whose process is gone is taken over.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -201,8 +207,43 @@ def train_command(grid: Grid, run: Run) -> List[str]:
     return cmd
 
 
+def _take_lock(run_dir: str) -> Optional[str]:
+    """Creates ``<run_dir>/grid.lock`` for this process; returns ``None`` on success, else the
+    live owner ("pid@host") that holds it. A lock of a process that is gone is taken over."""
+    path = os.path.join(run_dir, "grid.lock")
+    me = f"{os.getpid()}@{socket.gethostname()}"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                owner = open(path).read().strip()
+            except FileNotFoundError:
+                continue  # released meanwhile
+            pid, _, host = owner.partition("@")
+            if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+                os.remove(path)  # stale: its process is gone
+                continue
+            return owner
+        with os.fdopen(fd, "w") as fh:
+            fh.write(me)
+        return None
+    return open(path).read().strip()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def run_grid(grid: Grid, dry_run: bool = False, log=print, only_methods=None) -> List[Run]:
-    """Trains every run not done yet (of ``only_methods`` labels, if given), one after the other.
+    """Trains every run not done yet (of ``only_methods`` labels, if given), one after the other,
+    skipping runs that another grid process is training (``grid.lock``).
 
     Returns the runs that failed."""
     if only_methods:
@@ -222,10 +263,21 @@ def run_grid(grid: Grid, dry_run: bool = False, log=print, only_methods=None) ->
             log(f"{tag}: " + " ".join(cmd))
             continue
         os.makedirs(run.run_dir, exist_ok=True)
+        owner = _take_lock(run.run_dir)
+        if owner is not None:
+            log(f"{tag}: in progress in another grid process ({owner}), skipped")
+            continue
+        if run.done:  # finished by another process since the check above
+            os.remove(os.path.join(run.run_dir, "grid.lock"))
+            log(f"{tag}: done, skipped")
+            continue
         started = time.time()
         log(f"{tag}: training (log {os.path.join(run.run_dir, 'train.log')})")
-        with open(os.path.join(run.run_dir, "train.log"), "a") as fh:
-            rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT)
+        try:
+            with open(os.path.join(run.run_dir, "train.log"), "a") as fh:
+                rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT)
+        finally:
+            os.remove(os.path.join(run.run_dir, "grid.lock"))
         if rc != 0:
             failed.append(run)
             log(f"{tag}: FAILED (exit {rc}) after {time.time() - started:.0f} s; see train.log")
