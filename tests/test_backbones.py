@@ -98,6 +98,11 @@ def test_bert4rec_masking_rate_targets_and_mask_token():
     q2, t2 = tower.training_queries(features)
     np.testing.assert_array_equal(t2.numpy()[-400:], seq[np.arange(400), lengths - 1])
     np.testing.assert_allclose(q2.numpy()[-400:], model({"history": features["history"]}).numpy(), atol=1e-5)
+    # A caller's user vector (CoCo/KAR's h_RS) is reused for those samples, not encoded again.
+    given = tf.random.normal([400, 8])
+    q3, t3 = tower.training_queries(features, user=given)
+    np.testing.assert_array_equal(q3.numpy()[-400:], given.numpy())
+    np.testing.assert_array_equal(t3.numpy()[-400:], t2.numpy()[-400:])
     # The mask token is not a candidate: scores cover padding + the real items only.
     user = model({"history": tf.constant(history[:4])})
     assert model.score_all(user).shape == (4, n_items + 1)

@@ -73,11 +73,12 @@ class SequentialBackbone(keras.layers.Layer):
     * ``user_states(history)`` -> ``(states [B, T, d], user [B, d])``; default:
       the encoder states and the newest position's state (BERT4Rec appends its
       mask token and reads that position instead);
-    * ``training_queries(features, states=None)`` -> ``(queries [N, d],
+    * ``training_queries(features, states=None, user=None)`` -> ``(queries [N, d],
       target_ids [N])``, the training objective; default: next-item prediction at
       every position (SASRec, FDSA, S3Rec fine-tuning). BERT4Rec (cloze) and
       PinnerFormer (future window) override it. ``states``, when given, are the
-      caller's ``encode(history)`` and are reused by objectives that read them;
+      caller's ``encode(history)`` and ``user`` its ``user_states(history)[1]``;
+      objectives that read them reuse them (BERT4Rec's last-item samples read ``user``);
     * ``config_kwargs(cfg, attributes)`` (classmethod): constructor arguments
       taken from the config and the catalog's item attributes;
     * optionally ``pretrain_epochs`` and ``pretrain_losses(features)`` ->
@@ -106,7 +107,7 @@ class SequentialBackbone(keras.layers.Layer):
         """User vector ``[B, d]``."""
         return self.user_states(history, training=training)[1]
 
-    def training_queries(self, features, training=None, states=None):
+    def training_queries(self, features, training=None, states=None, user=None):
         """Next-item objective: ``(queries [N, d], target_ids [N])`` at valid positions."""
         if states is None:
             states = self.encode(features["history"], training=training)

@@ -80,11 +80,13 @@ class BERT4Rec(MaskTokenMixin, SASRec):
         mask = random_item_mask(seq != 0, self.mask_prob)
         return tf.where(mask, tf.cast(self.mask_token_id, seq.dtype), seq), mask
 
-    def training_queries(self, features, training=None, states=None):
+    def training_queries(self, features, training=None, states=None, user=None):
         """Cloze objective: ``(states at masked positions [N, d], original items [N])``.
 
         With ``last_item_samples`` the rows' appended-``[MASK]`` states and last
-        targets follow (``N = masked items + users with a target``). ``states``
+        targets follow (``N = masked items + users with a target``); ``user``
+        ``[B, d]``, the caller's ``user_states(history)[1]`` (CoCo/KAR's h_RS), is
+        reused for them instead of encoding the history a second time. ``states``
         (the caller's unmasked encoding) is ignored: the cloze task encodes the
         masked sequence.
         """
@@ -95,7 +97,8 @@ class BERT4Rec(MaskTokenMixin, SASRec):
         if not self.last_item_samples:
             return queries, targets
         history = features["history"]
-        _, user = self.user_states(history, training=training)  # [B, d]
+        if user is None:
+            _, user = self.user_states(history, training=training)  # [B, d]
         last = tf.gather(features["targets"], last_valid_index(history != 0), batch_dims=1)  # [B]
         keep = last != 0
         return (tf.concat([queries, tf.boolean_mask(user, keep)], axis=0),

@@ -70,7 +70,8 @@ class UserLevelRetrievalModel(SequentialRetrievalModel):
         l_r = tf.reduce_sum(self._retrieval_loss(user, safe_ids) * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
 
         # The backbone's own objective (next item, cloze, future window...), reusing the states.
-        aux_queries, aux_targets = self.backbone.training_queries(features, training=training, states=states)
+        aux_queries, aux_targets = self.backbone.training_queries(features, training=training, states=states,
+                                                                  user=h_rs)
         aux = self._retrieval_loss(aux_queries, aux_targets)
         normalizer = getattr(self, "loss_normalizer", None)
         l_aux = tf.reduce_mean(aux) if normalizer is None else tf.reduce_sum(aux) / normalizer

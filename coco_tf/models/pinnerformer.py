@@ -75,7 +75,7 @@ class PinnerFormer(SASRec):
     def config_kwargs(cls, cfg, attributes=None) -> dict:
         return {"window": cfg.model.pinnerformer_window}
 
-    def training_queries(self, features, training=None, states=None):
+    def training_queries(self, features, training=None, states=None, user=None):
         """Dense all-action objective: ``(queries [N, d], future items [N])``."""
         if states is None:
             states = self.encode(features["history"], training=training)
