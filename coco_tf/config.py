@@ -131,6 +131,13 @@ class CoCoConfig:
         "(same values, fewer decoder tokens once m drops below m_max)",
     )
     codebook_init: str = _field("llm", "codebook initialisation", choices=("llm", "random"))
+    user_position: str = _field(
+        "last",
+        "which history position the user-level objective L_r (CoCo and KAR) predicts from in a training "
+        "step: the newest (last: one fixed pair per user) or one drawn uniformly per user and step "
+        "(random: the prefix ending there and its next item, prefix augmentation over epochs)",
+        choices=("last", "random"),
+    )
     alpha: float = _field(0.2, "weight of L_aux (eq. 11)")
     beta: float = _field(0.15, "weight of L_ortho (eq. 11)")
     gamma: float = _field(0.25, "weight of L_Q (eq. 11)")

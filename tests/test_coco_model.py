@@ -155,6 +155,74 @@ def test_kar_forward_and_frozen_llm():
     assert not any(n.startswith("llm") or "/llm/" in n or "transformer_layer" in n for n in names)
 
 
+def test_random_prefix_draws_every_valid_position_uniformly():
+    from coco_tf.models.llm_augmented import random_prefix
+
+    history = np.array([[5, 6, 7, 8, 0, 0], [0, 0, 3, 4, 9, 0], [2, 0, 0, 0, 0, 0], [0] * 6], np.int64)
+    tf.random.set_seed(0)
+    counts = np.zeros_like(history)
+    for _ in range(400):
+        prefix, at = (x.numpy() for x in random_prefix(tf.constant(history)))
+        assert prefix.shape[1] == at.max() + 1
+        for b, a in enumerate(at):
+            counts[b, a] += 1
+            expected = np.where(np.arange(prefix.shape[1]) <= a, history[b, : prefix.shape[1]], 0)
+            np.testing.assert_array_equal(prefix[b], expected)
+    # Every valid position drawn, never padding; each about 1/n of the time (±4.5 sd of a binomial).
+    for b in range(3):
+        valid = history[b] != 0
+        assert (counts[b][~valid] == 0).all()
+        n = valid.sum()
+        sd = np.sqrt(400 * (1 / n) * (1 - 1 / n))
+        assert (np.abs(counts[b][valid] - 400 / n) < 4.5 * sd + 1e-9).all(), counts[b]
+    assert counts[3, 0] == 400  # an all-padding row: position 0
+
+
+@pytest.mark.parametrize("method", ["coco", "kar"])
+def test_random_user_position_predicts_the_drawn_prefixs_next_item(method, monkeypatch):
+    """coco.user_position=random: L_r's user vector comes from the drawn prefix and its target is
+    that position's next item; L_aux still sees the whole history; evaluation is unchanged."""
+    from coco_tf.models import llm_augmented
+
+    if method == "coco":
+        model = _coco(user_position="random")
+    else:
+        keras.utils.set_random_seed(5)
+        model = KARModel(num_items=NUM_ITEMS, item_text_table=_table(), llm=_llm(0), user_position="random",
+                         prompt_vectors=np.random.default_rng(2).normal(size=(2, 64)).astype(np.float32),
+                         embedding_dim=D, max_len=T, backbone_kwargs={"num_blocks": 1, "dropout": 0.0})
+    features = _features()
+    drawn, seen, queries = {}, {}, {}
+    real_prefix, real_vector = llm_augmented.random_prefix, type(model).user_vector
+    real_queries = type(model.backbone).training_queries
+
+    def prefix_spy(history, seed=None):
+        drawn["prefix"], drawn["at"] = real_prefix(history, seed)
+        return drawn["prefix"], drawn["at"]
+
+    def vector_spy(self, history, h_rs, states, training=None, target_ids=None):
+        seen["history"], seen["targets"] = history, target_ids
+        return real_vector(self, history, h_rs, states, training=training, target_ids=target_ids)
+
+    def queries_spy(self, feats, training=None, states=None, user=None):
+        queries["states"] = states
+        return real_queries(self, feats, training=training, states=states, user=user)
+
+    monkeypatch.setattr(llm_augmented, "random_prefix", prefix_spy)
+    monkeypatch.setattr(type(model), "user_vector", vector_spy)
+    monkeypatch.setattr(type(model.backbone), "training_queries", queries_spy)
+    loss, _ = model.compute_loss_and_metrics(features, training=True)
+    assert np.isfinite(loss.numpy())
+    at = drawn["at"].numpy()
+    np.testing.assert_array_equal(seen["history"].numpy(), drawn["prefix"].numpy())
+    np.testing.assert_array_equal(seen["targets"].numpy(), features["targets"].numpy()[np.arange(8), at])
+    assert queries["states"].shape[1] == T  # the backbone's own objective: the whole history
+    # Not training: the newest position, as before (and as evaluation).
+    model.compute_loss_and_metrics(features, training=False)
+    np.testing.assert_array_equal(seen["history"].numpy(), features["history"].numpy())
+    np.testing.assert_array_equal(seen["targets"].numpy(), features["targets"].numpy()[:, -1])
+
+
 def test_build_model_needs_assets_and_ps_accepts_llm_methods():
     from coco_tf.config import load_config
     from coco_tf.models.retrieval_model import build_model

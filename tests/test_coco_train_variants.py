@@ -1,5 +1,5 @@
-"""Through the Trainer: the con ablation, and softmax selection with a random codebook and the
-full-softmax loss, train a few steps."""
+"""Through the Trainer: the con ablation, and softmax selection with a random codebook, the
+full-softmax loss and a random user-level position, train a few steps."""
 
 import sys
 import os
@@ -12,8 +12,9 @@ from test_coco_train import _check, _run  # noqa: E402
 
 @pytest.mark.parametrize(
     "overrides",
-    [["coco.ablation=con"], ["coco.selection=softmax", "coco.codebook_init=random", "train.loss=full_softmax"]],
-    ids=["con", "softmax-random-fullsoftmax"],
+    [["coco.ablation=con"],
+     ["coco.selection=softmax", "coco.codebook_init=random", "train.loss=full_softmax", "coco.user_position=random"]],
+    ids=["con", "softmax-random-fullsoftmax-randomposition"],
 )
 def test_variants_train(tmp_path, overrides):
     _, result = _run(tmp_path, "coco.method=coco", *overrides, epochs=1)

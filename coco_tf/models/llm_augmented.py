@@ -8,7 +8,8 @@ item table, backbone and retrieval task; nothing duplicated) with
   row 0 zeros), read per history position as ``h_text``;
 * the user-level objective: one prediction per user, the next item of the
   newest history position (the paper's setting: the LLM runs once per user, not
-  once per position);
+  once per position); with ``user_position="random"`` a training step instead
+  draws one position per user and predicts from the prefix ending there;
 * L_aux: the backbone's own training objective (``backbone.training_queries``:
   SASRec's next item at every position, BERT4Rec's cloze, PinnerFormer's future
   window; the base model's objective, normalised the same way), so that an augmented model is
@@ -27,12 +28,30 @@ from coco_tf.models.backbone import last_valid_index
 from coco_tf.models.retrieval_model import SequentialRetrievalModel
 
 
+def random_prefix(history: tf.Tensor, seed=None):
+    """``(prefix [B, T'], at [B])``: per row a position ``at`` drawn uniformly among its valid
+    (non-zero) positions, and the history cut after it (``T' = max(at) + 1``; padding stays 0).
+    An all-padding row gets ``at = 0``."""
+    valid = history != 0
+    rank = tf.cumsum(tf.cast(valid, tf.int32), axis=1)  # [B, T] 1-based rank of each valid position
+    n = rank[:, -1]  # [B] valid positions per row
+    draw = tf.cast(tf.floor(tf.random.uniform(tf.shape(n), seed=seed) * tf.cast(n, tf.float32)), tf.int32)
+    draw = tf.minimum(draw, tf.maximum(n - 1, 0)) + 1  # [B] in 1..n
+    at = last_valid_index(valid & (rank == draw[:, tf.newaxis]))  # the draw-th valid position
+    width = tf.reduce_max(at) + 1
+    keep = tf.range(width)[tf.newaxis, :] <= at[:, tf.newaxis]
+    return tf.where(keep, history[:, :width], tf.zeros_like(history[:, :width])), at
+
+
 class UserLevelRetrievalModel(SequentialRetrievalModel):
     """Base: backbone → h_RS → (subclass) → user vector, loss ``L_r + α·L_aux + extras``."""
 
-    def __init__(self, num_items: int, item_text_table, alpha: float = 0.2, **kwargs):
+    def __init__(self, num_items: int, item_text_table, alpha: float = 0.2, user_position: str = "last", **kwargs):
         super().__init__(num_items=num_items, item_text_table=item_text_table, **kwargs)
+        if user_position not in ("last", "random"):
+            raise ValueError(f"config key 'coco.user_position': must be one of last, random; got {user_position!r}")
         self.alpha = float(alpha)
+        self.user_position = user_position
 
     # ---------------------------------------------------------------- pieces
     def history_text(self, history):
@@ -61,9 +80,17 @@ class UserLevelRetrievalModel(SequentialRetrievalModel):
         """``(total loss, {name: scalar})`` — every loss term and the model's telemetry."""
         history, targets = features["history"], features["targets"]
         states, h_rs = self._encode(history, training)
-        last = last_valid_index(history != 0)
-        target_ids = tf.gather(targets, last, batch_dims=1)  # [B] next item of the newest position
-        user, extra_losses, metrics = self.user_vector(history, h_rs, states, training=training, target_ids=target_ids)
+        if training and self.user_position == "random":
+            prefix, at = random_prefix(history)
+            target_ids = tf.gather(targets, at, batch_dims=1)  # [B] next item of the drawn position
+            p_states, p_rs = self._encode(prefix, training)
+            user, extra_losses, metrics = self.user_vector(prefix, p_rs, p_states, training=training,
+                                                           target_ids=target_ids)
+        else:
+            last = last_valid_index(history != 0)
+            target_ids = tf.gather(targets, last, batch_dims=1)  # [B] next item of the newest position
+            user, extra_losses, metrics = self.user_vector(history, h_rs, states, training=training,
+                                                           target_ids=target_ids)
 
         weights = tf.cast(target_ids != 0, tf.float32)
         safe_ids = tf.where(target_ids != 0, target_ids, tf.ones_like(target_ids))

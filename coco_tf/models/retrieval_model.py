@@ -207,6 +207,7 @@ def build_model(
             llm=llm_assets.make_decoder(lora_rank=0),
             prompt_vectors=llm_assets.kar_prompts,
             alpha=c.alpha,
+            user_position=c.user_position,
             name="kar_retrieval",
         )
     from coco_tf.models.coco_model import CoCoModel
@@ -226,6 +227,7 @@ def build_model(
         ablation=c.ablation,
         fusion=c.fusion,
         alpha=c.alpha,
+        user_position=c.user_position,
         beta=c.beta,
         gamma=c.gamma,
         name="coco_retrieval",
