@@ -135,7 +135,8 @@ class CoCoConfig:
         "last",
         "which history position the user-level objective L_r (CoCo and KAR) predicts from in a training "
         "step: the newest (last: one fixed pair per user) or one drawn uniformly per user and step "
-        "(random: the prefix ending there and its next item, prefix augmentation over epochs)",
+        "(random: the prefix ending there and its next item, prefix augmentation over epochs; CoCo's "
+        "training telemetry then describes the prefixes)",
         choices=("last", "random"),
     )
     alpha: float = _field(0.2, "weight of L_aux (eq. 11)")

@@ -201,7 +201,7 @@ def test_random_user_position_predicts_the_drawn_prefixs_next_item(method, monke
         return drawn["prefix"], drawn["at"]
 
     def vector_spy(self, history, h_rs, states, training=None, target_ids=None):
-        seen["history"], seen["targets"] = history, target_ids
+        seen["history"], seen["targets"], seen["h_rs"] = history, target_ids, h_rs
         return real_vector(self, history, h_rs, states, training=training, target_ids=target_ids)
 
     def queries_spy(self, feats, training=None, states=None, user=None):
@@ -216,6 +216,8 @@ def test_random_user_position_predicts_the_drawn_prefixs_next_item(method, monke
     at = drawn["at"].numpy()
     np.testing.assert_array_equal(seen["history"].numpy(), drawn["prefix"].numpy())
     np.testing.assert_array_equal(seen["targets"].numpy(), features["targets"].numpy()[np.arange(8), at])
+    # h_RS is the prefix's own (dropout 0: the same encoding again).
+    np.testing.assert_allclose(seen["h_rs"].numpy(), model.backbone.user_states(drawn["prefix"])[1].numpy(), atol=1e-5)
     assert queries["states"].shape[1] == T  # the backbone's own objective: the whole history
     # Not training: the newest position, as before (and as evaluation).
     model.compute_loss_and_metrics(features, training=False)

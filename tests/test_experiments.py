@@ -99,31 +99,66 @@ def test_grids_sharing_out_dir_share_equal_cells_and_keep_their_own_reports(tmp_
     assert k64.run_dir == plain.run_dir and k16.run_dir != plain.run_dir
     assert k16.overrides["coco.codebook_size"] == 16 and "coco.codebook_size" not in plain.overrides
     assert methods.report_dir != sweep.report_dir and sweep.report_dir.endswith(os.path.join("reports", "sweep"))
+    # The plain value is the method's own, not the base default: a method with K = 32 shares its 32 cell.
+    own = load_grid(_write(tmp_path, "base_config: {base}\nmethods: {{k32: {{coco.method: coco, coco.codebook_size: 32}}}}\n"
+                                     "seeds: [1]\nsweep: {{key: coco.codebook_size, values: [32, 64], methods: [k32]}}\n",
+                           "own.yaml"), str(tmp_path / "out"))
+    k32, k64 = own.runs()
+    assert k32.run_dir.endswith(os.path.join("k32", "seed1"))
+    assert k64.run_dir.endswith(os.path.join("k32@codebook_size=64", "seed1"))
+
+
+def test_a_run_directory_of_another_config_is_an_error(tmp_path):
+    from coco_tf.config import dump_config
+
+    text = "base_config: {base}\nmethods: {{coco: {{coco.method: coco}}}}\nseeds: [1]\n"
+    grid = load_grid(_write(tmp_path, text), str(tmp_path / "out"))
+    (run,) = grid.runs()
+    os.makedirs(run.run_dir)
+    cfg = load_config(overrides=["coco.method=coco", "train.seed=1", "runtime.progress=false", "llm.cache_dir=/x"])
+    dump_config(cfg, os.path.join(run.run_dir, "config.yaml"))
+    load_grid(_write(tmp_path, text), str(tmp_path / "out"))  # runtime / llm.cache_dir differ: the same run
+    cfg.coco.threshold = 0.6
+    dump_config(cfg, os.path.join(run.run_dir, "config.yaml"))
+    with pytest.raises(ConfigError, match=r"already holds a run of another config \(coco.threshold: 0.6 != 0.45\)"):
+        load_grid(_write(tmp_path, text), str(tmp_path / "out"))
 
 
 def test_grid_processes_skip_runs_another_live_process_holds(tmp_path, monkeypatch):
-    """Two grid processes on one out_dir: a run whose grid.lock names a live process is skipped;
-    a lock left by a dead process is taken over; the lock is gone after the run."""
-    import socket
+    """Two grid processes on one out_dir: a run whose grid.lock another live process has flocked
+    is skipped; a lock file nobody holds (its process gone) is taken; the trainer subprocess
+    shares the held lock; nothing stays locked after the runs."""
+    import fcntl
 
     from coco_tf.experiments import grid as grid_mod
 
     grid = load_grid(_write(tmp_path, "base_config: {base}\nmethods: {{base: {{}}}}\nseeds: [1, 2, 3]\n"),
                      str(tmp_path / "out"))
     held, stale, free = grid.runs()
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    host = socket.gethostname()
-    for run, pid in ((held, sleeper.pid), (stale, dead.pid)):
+    for run in (held, stale):
         os.makedirs(run.run_dir)
-        with open(os.path.join(run.run_dir, "grid.lock"), "w") as fh:
-            fh.write(f"{pid}@{host}")
+    (open(os.path.join(stale.run_dir, "grid.lock"), "w")).write("999999@gone")  # no flock on it
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+         "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'holder'); print('locked', flush=True); time.sleep(60)",
+         os.path.join(held.run_dir, "grid.lock")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+
+    def lockable(run_dir):
+        fd = os.open(os.path.join(run_dir, "grid.lock"), os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+
     trained = []
 
-    def fake_train(cmd, stdout, stderr):
+    def fake_train(cmd, stdout, stderr, pass_fds=()):
         run_dir = cmd[cmd.index("--model_dir") + 1]
-        assert open(os.path.join(run_dir, "grid.lock")).read() == f"{os.getpid()}@{host}"
+        assert len(pass_fds) == 1 and not lockable(run_dir)  # held while the trainer runs, fd passed on
         trained.append(run_dir)
         open(os.path.join(run_dir, "metrics.json"), "w").write("{}")
         return 0
@@ -133,13 +168,12 @@ def test_grid_processes_skip_runs_another_live_process_holds(tmp_path, monkeypat
     try:
         assert grid_mod.run_grid(grid, log=lines.append) == []
     finally:
-        sleeper.kill()
-        sleeper.wait()
+        holder.kill()
+        holder.wait()
     assert trained == [stale.run_dir, free.run_dir]
-    assert any(f"({sleeper.pid}@{host}), skipped" in line for line in lines), lines
-    assert not os.path.exists(os.path.join(stale.run_dir, "grid.lock"))
-    assert os.path.exists(os.path.join(held.run_dir, "grid.lock")) and not held.done
-    # Its owner gone, the next call trains the held run too.
+    assert any("(holder), skipped" in line for line in lines) and "1 run(s) still training" in lines[-1], lines
+    assert lockable(stale.run_dir) and lockable(free.run_dir) and not held.done
+    # Its holder gone, the next call trains the held run too.
     assert grid_mod.run_grid(grid, log=lines.append) == [] and trained[-1] == held.run_dir
 
 

@@ -20,33 +20,35 @@ in a subprocess writing ``<out_dir>/<backbone>/<method>/seed<k>/``; a run whose
 checkpoint (the trainer's own resume), so rerunning the same command continues a
 grid where it stopped.
 
-Grids that share an ``out_dir`` share their equal cells: a swept run whose value is
-the one its method has anyway (``coco.codebook_size: 64`` when 64 is the default)
-trains in the method's plain directory ``<method>/seed<k>``, so a sweep reuses the
-methods grid's runs. Each grid writes its report under ``<out_dir>/reports/<grid name>/``.
+Grids that share an ``out_dir`` share their equal cells: a swept run whose resolved
+config equals its method's plain config (``coco.codebook_size: 64`` when the method
+has 64 anyway) trains in the plain directory ``<method>/seed<k>``, so a sweep reuses
+the methods grid's runs. A run directory whose ``config.yaml`` differs from its
+cell's config (outside ``runtime`` and ``llm.cache_dir``) is an error before anything
+trains. Each grid writes its report under ``<out_dir>/reports/<grid name>/``.
 
 Several grid processes may work on one ``out_dir`` at once (two processes of one
-thread each use two cores better than one process of two threads on this
-size of model): a run being trained holds ``<run_dir>/grid.lock`` (the owner's
-pid), the others skip it; a lock whose process is gone is taken over.
+thread each use two cores better than one process of two threads on this size of
+model): a run being trained holds an ``flock`` on ``<run_dir>/grid.lock``, shared with
+its trainer subprocess, so the lock lasts while either lives; the others skip it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import itertools
 import os
 import socket
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 import yaml
 
 from coco_tf.config import ConfigError, load_config
 
-_MISSING = object()
 GRID_KEYS = ("base_config", "overrides", "backbones", "methods", "seeds", "sweep", "out_dir")
 
 
@@ -65,6 +67,7 @@ class Run:
     run_dir: str
     sweep_value: Optional[object] = None
     cell: str = ""
+    plain_overrides: Optional[Dict[str, object]] = None  # a swept run's overrides without the sweep
 
     @property
     def done(self) -> bool:
@@ -81,8 +84,8 @@ class Grid:
     seeds: List[int]
     out_dir: str
     sweep: Optional[Dict[str, object]] = None
-    # (backbone, method label) -> the swept key's value in that method's config without the sweep
-    sweep_defaults: Dict[Tuple[str, str], object] = dataclasses.field(default_factory=dict)
+    # (backbone, method label, repr(value)) of swept runs whose resolved config is the plain one
+    same_as_plain: Set[Tuple[str, str, str]] = dataclasses.field(default_factory=set)
 
     @property
     def name(self) -> str:
@@ -109,13 +112,15 @@ class Grid:
                 ov.update(method_overrides)
                 ov["train.seed"] = seed
                 cell = directory = label
+                plain = None
                 if value is not None:
+                    plain = dict(ov)
                     ov[self.sweep["key"]] = value
                     cell = f"{label}@{self.sweep['key'].split('.')[-1]}={value}"
-                    if self.sweep_defaults.get((backbone, label), _MISSING) != value:
-                        directory = cell  # else: the same config as the plain cell, so the same run
+                    if (backbone, label, repr(value)) not in self.same_as_plain:
+                        directory = cell  # else: the plain cell's config, so the plain cell's run
                 run_dir = os.path.join(self.out_dir, backbone, directory, f"seed{seed}")
-                out.append(Run(backbone, label, seed, ov, run_dir, value, cell))
+                out.append(Run(backbone, label, seed, ov, run_dir, value, cell, plain))
         return out
 
 
@@ -180,15 +185,40 @@ def load_grid(path: str, out_dir: Optional[str] = None) -> Grid:
     )
     for run in grid.runs():  # fail before training anything: every cell must be a valid config
         try:
-            load_config(grid.base_config, [f"{k}={_yaml_value(v)}" for k, v in run.overrides.items()])
+            cfg = run_config(grid, run)
         except ConfigError as e:
-            raise ConfigError(f"grid file {path}, run {run.backbone}/{run.method}/seed{run.seed}: {e}") from None
-        if run.sweep_value is not None and (run.backbone, run.method) not in grid.sweep_defaults:
-            plain = {k: v for k, v in run.overrides.items() if k != sweep["key"]}
-            cfg = load_config(grid.base_config, [f"{k}={_yaml_value(v)}" for k, v in plain.items()])
-            section, _, field = sweep["key"].partition(".")
-            grid.sweep_defaults[(run.backbone, run.method)] = getattr(getattr(cfg, section), field)
+            raise ConfigError(f"grid file {path}, run {run.backbone}/{run.cell}/seed{run.seed}: {e}") from None
+        if run.plain_overrides is not None and cfg.to_dict() == run_config(grid, run, plain=True).to_dict():
+            grid.same_as_plain.add((run.backbone, run.method, repr(run.sweep_value)))
+    for run in grid.runs():  # a shared out_dir: an existing run directory must hold this cell's config
+        recorded = os.path.join(run.run_dir, "config.yaml")
+        if os.path.exists(recorded):
+            diff = _differences(load_config(recorded), run_config(grid, run))
+            if diff:
+                raise ConfigError(
+                    f"grid file {path}, run {run.backbone}/{run.cell}/seed{run.seed}: {run.run_dir} already "
+                    f"holds a run of another config ({'; '.join(diff)}); use another out_dir or remove it")
     return grid
+
+
+def run_config(grid: Grid, run: Run, plain: bool = False):
+    """The resolved :class:`~coco_tf.config.Config` of a cell (``plain``: without its sweep value)."""
+    overrides = run.plain_overrides if plain else run.overrides
+    return load_config(grid.base_config, [f"{k}={_yaml_value(v)}" for k, v in overrides.items()])
+
+
+def _differences(recorded, wanted) -> List[str]:
+    """``key: recorded != wanted`` for every differing key outside ``runtime`` and ``llm.cache_dir``
+    (where a run writes, not what it trains)."""
+    out = []
+    a, b = recorded.to_dict(), wanted.to_dict()
+    for section in b:
+        if section == "runtime":
+            continue
+        for key, value in b[section].items():
+            if (section, key) != ("llm", "cache_dir") and a[section].get(key) != value:
+                out.append(f"{section}.{key}: {a[section].get(key)!r} != {value!r}")
+    return out
 
 
 def _yaml_value(v) -> str:
@@ -207,43 +237,25 @@ def train_command(grid: Grid, run: Run) -> List[str]:
     return cmd
 
 
-def _take_lock(run_dir: str) -> Optional[str]:
-    """Creates ``<run_dir>/grid.lock`` for this process; returns ``None`` on success, else the
-    live owner ("pid@host") that holds it. A lock of a process that is gone is taken over."""
-    path = os.path.join(run_dir, "grid.lock")
-    me = f"{os.getpid()}@{socket.gethostname()}"
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                owner = open(path).read().strip()
-            except FileNotFoundError:
-                continue  # released meanwhile
-            pid, _, host = owner.partition("@")
-            if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
-                os.remove(path)  # stale: its process is gone
-                continue
-            return owner
-        with os.fdopen(fd, "w") as fh:
-            fh.write(me)
-        return None
-    return open(path).read().strip()
-
-
-def _alive(pid: int) -> bool:
+def _take_lock(run_dir: str):
+    """``(fd, "")`` holding an exclusive ``flock`` on ``<run_dir>/grid.lock`` (its text: this
+    process), or ``(None, owner)`` when another live process holds it. The kernel releases the
+    lock when every process holding the fd is gone; the file itself stays."""
+    fd = os.open(os.path.join(run_dir, "grid.lock"), os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        owner = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        return None, owner
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}@{socket.gethostname()}".encode(), 0)
+    return fd, ""
 
 
 def run_grid(grid: Grid, dry_run: bool = False, log=print, only_methods=None) -> List[Run]:
     """Trains every run not done yet (of ``only_methods`` labels, if given), one after the other,
-    skipping runs that another grid process is training (``grid.lock``).
+    skipping runs that another grid process is training (``grid.lock`` held).
 
     Returns the runs that failed."""
     if only_methods:
@@ -251,7 +263,7 @@ def run_grid(grid: Grid, dry_run: bool = False, log=print, only_methods=None) ->
         if unknown:
             raise ConfigError(f"--only_methods: unknown label(s) {', '.join(unknown)}; labels: {', '.join(grid.methods)}")
     runs = [r for r in grid.runs() if not only_methods or r.method in only_methods]
-    failed = []
+    failed, elsewhere = [], []
     cache = os.path.join(grid.out_dir, "llm_cache")  # the item text table is shared by every run
     for i, run in enumerate(runs, 1):
         tag = f"[{i}/{len(runs)}] {run.backbone}/{run.cell}/seed{run.seed}"
@@ -263,24 +275,27 @@ def run_grid(grid: Grid, dry_run: bool = False, log=print, only_methods=None) ->
             log(f"{tag}: " + " ".join(cmd))
             continue
         os.makedirs(run.run_dir, exist_ok=True)
-        owner = _take_lock(run.run_dir)
-        if owner is not None:
+        fd, owner = _take_lock(run.run_dir)
+        if fd is None:
             log(f"{tag}: in progress in another grid process ({owner}), skipped")
+            elsewhere.append(run)
             continue
-        if run.done:  # finished by another process since the check above
-            os.remove(os.path.join(run.run_dir, "grid.lock"))
-            log(f"{tag}: done, skipped")
-            continue
-        started = time.time()
-        log(f"{tag}: training (log {os.path.join(run.run_dir, 'train.log')})")
         try:
+            if run.done:  # finished by another process since the check above
+                log(f"{tag}: done, skipped")
+                continue
+            started = time.time()
+            log(f"{tag}: training (log {os.path.join(run.run_dir, 'train.log')})")
             with open(os.path.join(run.run_dir, "train.log"), "a") as fh:
-                rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT)
+                # The trainer shares the locked fd: the lock outlives this process if it is killed.
+                rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, pass_fds=(fd,))
         finally:
-            os.remove(os.path.join(run.run_dir, "grid.lock"))
+            os.close(fd)
         if rc != 0:
             failed.append(run)
             log(f"{tag}: FAILED (exit {rc}) after {time.time() - started:.0f} s; see train.log")
         else:
             log(f"{tag}: done in {time.time() - started:.0f} s")
+    if elsewhere:
+        log(f"{len(elsewhere)} run(s) still training in other grid processes: the report leaves them out")
     return failed

@@ -184,10 +184,12 @@ def build_item_text_table(
     if cache_dir:
         os.makedirs(cache_dir, exist_ok=True)
         npy_path, json_path = _paths(cache_dir, key)
-        tmp = npy_path + ".tmp.npy"
+        # Per-process temp names and atomic replaces: grid processes sharing a cache may write at once.
+        tmp = f"{npy_path}.{os.getpid()}.tmp.npy"
         np.save(tmp, table)
         os.replace(tmp, npy_path)
-        with open(json_path, "w") as f:
+        tmp_json = f"{json_path}.{os.getpid()}.tmp"
+        with open(tmp_json, "w") as f:
             json.dump(
                 {
                     "key": key,
@@ -202,4 +204,5 @@ def build_item_text_table(
                 f,
                 indent=2,
             )
+        os.replace(tmp_json, json_path)
     return table
