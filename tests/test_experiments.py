@@ -177,6 +177,28 @@ def test_grid_processes_skip_runs_another_live_process_holds(tmp_path, monkeypat
     assert grid_mod.run_grid(grid, log=lines.append) == [] and trained[-1] == held.run_dir
 
 
+def test_run_grids_streams_train_every_run_once(tmp_path):
+    """launch/run_grids.sh --streams 2: two grid processes on one out_dir; each run trains in exactly
+    one of them (the other skips it), and both grids' reports are written."""
+    text = GRID.replace("  coco: {{coco.method: coco}}\n", "").replace(
+        "sweep: {{key: coco.threshold, values: [0.2], methods: [coco]}}\n", "")
+    grid_a, grid_b = _write(tmp_path, text, "a.yaml"), _write(tmp_path, text, "b.yaml")
+    out = tmp_path / "out"
+    script = os.path.join(REPO, "launch", "run_grids.sh")
+    bad = subprocess.run(["bash", script, "--streams", "0", grid_a], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--streams must be a positive integer" in bad.stderr
+    res = subprocess.run(["bash", script, "--streams", "2", "--out_dir", str(out), grid_a, grid_b],
+                         capture_output=True, text=True, timeout=900, env=dict(os.environ, PYTHON=sys.executable))
+    logs = [(out / "streams" / f"{i}.log").read_text() for i in (1, 2)]
+    assert res.returncode == 0, res.stdout + res.stderr + "".join(logs)[-3000:]
+    started = [line for log in logs for line in log.splitlines() if ": training (log" in line]
+    assert sorted(line.split("] ")[1].split(":")[0] for line in started) == ["sasrec/base/seed1", "sasrec/base/seed2"]
+    for seed in (1, 2):
+        assert (out / "sasrec" / "base" / f"seed{seed}" / "metrics.json").exists()
+    for name in ("a", "b"):
+        assert "2 of 2 runs finished" in (out / "reports" / name / "results.md").read_text()
+
+
 def test_summary_mean_std_and_relative_improvement_by_hand():
     rows = [
         {"backbone": "sasrec", "method": "base", "seed": 1, "recall@5": 0.10, "ndcg@5": 0.05, "recall@10": 0.2,
