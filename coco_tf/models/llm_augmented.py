@@ -80,17 +80,16 @@ class UserLevelRetrievalModel(SequentialRetrievalModel):
         """``(total loss, {name: scalar})`` — every loss term and the model's telemetry."""
         history, targets = features["history"], features["targets"]
         states, h_rs = self._encode(history, training)
+        # L_r's example per user: the whole history and its newest position, or a drawn prefix.
+        seen, seen_states, seen_rs = history, states, h_rs
         if training and self.user_position == "random":
-            prefix, at = random_prefix(history)
-            target_ids = tf.gather(targets, at, batch_dims=1)  # [B] next item of the drawn position
-            p_states, p_rs = self._encode(prefix, training)
-            user, extra_losses, metrics = self.user_vector(prefix, p_rs, p_states, training=training,
-                                                           target_ids=target_ids)
+            seen, at = random_prefix(history)
+            seen_states, seen_rs = self._encode(seen, training)
         else:
-            last = last_valid_index(history != 0)
-            target_ids = tf.gather(targets, last, batch_dims=1)  # [B] next item of the newest position
-            user, extra_losses, metrics = self.user_vector(history, h_rs, states, training=training,
-                                                           target_ids=target_ids)
+            at = last_valid_index(history != 0)
+        target_ids = tf.gather(targets, at, batch_dims=1)  # [B] the next item of that position
+        user, extra_losses, metrics = self.user_vector(seen, seen_rs, seen_states, training=training,
+                                                       target_ids=target_ids)
 
         weights = tf.cast(target_ids != 0, tf.float32)
         safe_ids = tf.where(target_ids != 0, target_ids, tf.ones_like(target_ids))
