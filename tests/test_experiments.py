@@ -39,6 +39,7 @@ methods:
   coco: {{coco.method: coco}}
 seeds: [1, 2]
 sweep: {{key: coco.threshold, values: [0.2], methods: [coco]}}
+published: {{sasrec: {{base: {{recall@5: 0.0387, ndcg@5: 0.0249}}}}}}
 """
 
 
@@ -69,6 +70,7 @@ def test_grid_trains_reports_skips_and_plots(tmp_path):
     assert all(0.0 <= float(r["m1_fraction"]) <= 1.0 for r in coco_rows)
     table = (report / "results.md").read_text()
     assert "4 of 4 runs finished" in table and "| sasrec | coco@threshold=0.2 | 2 |" in table
+    assert "| sasrec | paper: base | – | 0.0387 | 0.0249 |" in table
     for name in ("tsne_sasrec.png", "m_hist_sasrec.png", "sweep_threshold.png"):
         png = report / "plots" / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
@@ -216,6 +218,14 @@ def test_summary_mean_std_and_relative_improvement_by_hand():
     assert mean_std([1.0]) == (1.0, 0.0)
     table = markdown_table(summarize(rows))
     assert "+10.0%" in table and "0.1100 ± 0.0141" in table
+    # Published rows follow their backbone's rows; their Δ is against the published base.
+    published = {"sasrec": {"base": {"recall@5": 0.0387, "ndcg@5": 0.0249}, "coco": {"recall@5": 0.0414, "ndcg@5": 0.0265}}}
+    lines = markdown_table(summarize(rows), published=published).splitlines()
+    paper_coco = next(line for line in lines if "paper: coco" in line)
+    assert lines.index(paper_coco) == len(lines) - 1
+    assert f"{100 * (0.0414 - 0.0387) / 0.0387:+.1f}%" in paper_coco  # +7.0%, the paper's +6.98%
+    assert f"{100 * (0.0265 - 0.0249) / 0.0249:+.1f}%" in paper_coco
+    assert "| sasrec | paper: base | – | 0.0387 | 0.0249 | – | – | – | – |" in "\n".join(lines)
 
 
 @pytest.mark.parametrize(
@@ -228,6 +238,14 @@ def test_summary_mean_std_and_relative_improvement_by_hand():
         ("base_config: {base}\nmethods: {{b: {{}}}}\nseeds: [1]\nsweep: {{key: coco.threshold, values: [1], methods: [c]}}\n",
          "unknown method label"),
         ("base_config: {base}\nmethods: {{b: {{}}\n", "not valid YAML"),
+        ("base_config: {base}\nmethods: {{b: {{}}}}\nseeds: [1]\npublished: {{fdsa: {{b: {{recall@5: 0.1}}}}}}\n",
+         "published: unknown backbone 'fdsa'"),
+        ("base_config: {base}\nmethods: {{b: {{}}}}\nseeds: [1]\npublished: {{sasrec: {{c: {{recall@5: 0.1}}}}}}\n",
+         "published.sasrec: unknown method label 'c'"),
+        ("base_config: {base}\nmethods: {{b: {{}}}}\nseeds: [1]\npublished: {{sasrec: {{b: {{mrr: 0.1}}}}}}\n",
+         "unknown metric 'mrr'"),
+        ("base_config: {base}\nmethods: {{b: {{}}}}\nseeds: [1]\npublished: {{sasrec: {{b: {{recall@5: 5}}}}}}\n",
+         "not a number in [0, 1]"),
     ],
 )
 def test_bad_grid_files_name_file_and_key(tmp_path, text, expected):

@@ -12,6 +12,8 @@ A grid file (``configs/grids/<name>.yaml``) names a base config and the axes::
     seeds: [42, 43, 44]                         # train.seed values
     sweep: {key: coco.codebook_size, values: [16, 64], methods: [coco]}   # optional
     out_dir: runs/grids/beauty                  # grids may share it: equal cells are one run
+    published:                                  # optional: reference figures for the report,
+      sasrec: {base: {recall@5: 0.0387, ndcg@5: 0.0249}}   # backbone -> method label -> metric
 
 Runs are ordered seed-major (every method for the first seed, then the next
 seed), so a grid cut short still compares every method on the same seeds. Each run is ``python -m coco_tf.train``
@@ -49,7 +51,8 @@ import yaml
 
 from coco_tf.config import ConfigError, load_config
 
-GRID_KEYS = ("base_config", "overrides", "backbones", "methods", "seeds", "sweep", "out_dir")
+GRID_KEYS = ("base_config", "overrides", "backbones", "methods", "seeds", "sweep", "out_dir", "published")
+PUBLISHED_METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 
 
 @dataclasses.dataclass
@@ -84,6 +87,8 @@ class Grid:
     seeds: List[int]
     out_dir: str
     sweep: Optional[Dict[str, object]] = None
+    # backbone -> method label -> metric -> published figure (report rows "paper: <label>")
+    published: Dict[str, Dict[str, Dict[str, float]]] = dataclasses.field(default_factory=dict)
     # (backbone, method label, repr(value)) of swept runs whose resolved config is the plain one
     same_as_plain: Set[Tuple[str, str, str]] = dataclasses.field(default_factory=set)
 
@@ -168,6 +173,7 @@ def load_grid(path: str, out_dir: Optional[str] = None) -> Grid:
         missing = [m for m in sweep["methods"] if m not in methods]
         if missing:
             _fail(path, f"sweep.methods names unknown method label(s) {missing}; labels: {', '.join(methods)}")
+    published = _published(path, raw.get("published"), backbones, methods)
     base_config = raw["base_config"]
     if not os.path.isabs(base_config) and not os.path.exists(base_config):
         # Relative to the grid file's repository when not found from the working directory.
@@ -182,6 +188,7 @@ def load_grid(path: str, out_dir: Optional[str] = None) -> Grid:
         seeds=list(seeds),
         out_dir=out_dir or raw.get("out_dir") or os.path.join("runs", "grids", os.path.splitext(os.path.basename(path))[0]),
         sweep=sweep,
+        published=published,
     )
     for run in grid.runs():  # fail before training anything: every cell must be a valid config
         try:
@@ -199,6 +206,33 @@ def load_grid(path: str, out_dir: Optional[str] = None) -> Grid:
                     f"grid file {path}, run {run.backbone}/{run.cell}/seed{run.seed}: {run.run_dir} already "
                     f"holds a run of another config ({'; '.join(diff)}); use another out_dir or remove it")
     return grid
+
+
+def _published(path: str, raw, backbones, methods) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """Validates the optional ``published`` mapping: backbone -> method label -> metric -> number."""
+    if raw is None:
+        return {}
+    shape = "'published' must map backbone -> method label -> {metric: number}"
+    if not isinstance(raw, dict):
+        _fail(path, shape)
+    out = {}
+    for backbone, rows in raw.items():
+        if backbone not in backbones:
+            _fail(path, f"published: unknown backbone {backbone!r}; the grid's backbones: {', '.join(backbones)}")
+        if not isinstance(rows, dict):
+            _fail(path, shape)
+        for label, figures in rows.items():
+            if label not in methods:
+                _fail(path, f"published.{backbone}: unknown method label {label!r}; labels: {', '.join(methods)}")
+            if not isinstance(figures, dict) or not figures:
+                _fail(path, shape)
+            for metric, value in figures.items():
+                if metric not in PUBLISHED_METRICS:
+                    _fail(path, f"published.{backbone}.{label}: unknown metric {metric!r}; allowed: {', '.join(PUBLISHED_METRICS)}")
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                    _fail(path, f"published.{backbone}.{label}.{metric}: {value!r} is not a number in [0, 1]")
+            out.setdefault(str(backbone), {})[str(label)] = {k: float(v) for k, v in figures.items()}
+    return out
 
 
 def run_config(grid: Grid, run: Run, plain: bool = False):

@@ -4,7 +4,8 @@ The table has one row per (backbone, method): mean ± sample std over the seeds
 that finished, and the relative improvement of the mean over the same
 backbone's ``base`` row, ``(x - base) / base``. Telemetry columns (the last
 epoch's M = 1 rate, mean selected prompts m, codebook perplexity) come from
-``history.json``.
+``history.json``. A grid's ``published`` figures follow each backbone's rows as
+``paper: <label>`` rows, their Δ relative to the published ``base``.
 """
 
 from __future__ import annotations
@@ -93,17 +94,31 @@ def summarize(rows: List[Dict], metrics=("recall@5", "ndcg@5", "recall@10", "ndc
     return out
 
 
-def markdown_table(summary: List[Dict], metrics=("recall@5", "ndcg@5", "recall@10", "ndcg@10")) -> str:
+def markdown_table(summary: List[Dict], metrics=("recall@5", "ndcg@5", "recall@10", "ndcg@10"),
+                   published=None) -> str:
+    """``published``: backbone -> method label -> metric -> figure (``Grid.published``)."""
+    published = published or {}
     head = ["backbone", "method", "seeds"] + [SHORT[k] for k in metrics] + [f"Δ{SHORT[k]}" for k in metrics[:2]]
     head += ["M=1 rate", "mean m", "codebook ppl", "wall s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for s in summary:
-        cells = [s["backbone"], s["method"], str(s["n"])]
-        cells += [f"{s[k][0]:.4f} ± {s[k][1]:.4f}" for k in metrics]
-        cells += ["–" if s["rel"][k] is None or s["method"] == "base" else f"{100 * s['rel'][k]:+.1f}%" for k in metrics[:2]]
-        cells += ["–" if s[k] is None else f"{s[k]:.3g}" for k in ("m1_fraction", "mean_selected", "codebook_perplexity")]
-        cells.append(f"{s['wall_seconds']:.0f}")
-        lines.append("| " + " | ".join(cells) + " |")
+    backbones = list(dict.fromkeys([s["backbone"] for s in summary] + list(published)))
+    for backbone in backbones:
+        for s in (s for s in summary if s["backbone"] == backbone):
+            cells = [s["backbone"], s["method"], str(s["n"])]
+            cells += [f"{s[k][0]:.4f} ± {s[k][1]:.4f}" for k in metrics]
+            cells += ["–" if s["rel"][k] is None or s["method"] == "base" else f"{100 * s['rel'][k]:+.1f}%" for k in metrics[:2]]
+            cells += ["–" if s[k] is None else f"{s[k]:.3g}" for k in ("m1_fraction", "mean_selected", "codebook_perplexity")]
+            cells.append(f"{s['wall_seconds']:.0f}")
+            lines.append("| " + " | ".join(cells) + " |")
+        rows = published.get(backbone, {})
+        for label, figures in rows.items():
+            base = rows.get("base", {})
+            cells = [backbone, f"paper: {label}", "–"]
+            cells += [f"{figures[k]:.4f}" if k in figures else "–" for k in metrics]
+            cells += [f"{100 * (figures[k] - base[k]) / base[k]:+.1f}%" if label != "base" and k in figures and base.get(k)
+                      else "–" for k in metrics[:2]]
+            cells += ["–"] * 4
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -116,7 +131,7 @@ def write_report(grid: Grid) -> Dict[str, str]:
     write_csv(rows, csv_path)
     total = len(grid.runs())
     text = f"# Grid {grid.name}: {len(rows)} of {total} runs finished\n\nTest split, mean ± std over seeds; Δ = relative to base.\n\n"
-    text += markdown_table(summarize(rows)) if rows else "(no finished runs)\n"
+    text += markdown_table(summarize(rows), published=grid.published) if rows else "(no finished runs)\n"
     with open(md_path, "w") as fh:
         fh.write(text)
     return {"csv": csv_path, "markdown": md_path}
