@@ -107,6 +107,10 @@ def sweep_figure(grid: Grid, out_dir: str) -> str:
         base = [r[metric] for r in rows if r["method"] == "base"]
         if base:
             ax.axhline(np.mean(base), color="grey", linestyle="--", label="base")
+        values = [v for v in grid.sweep["values"] if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if values and min(values) > 0 and max(values) / min(values) >= 4:  # K = 16..128: evenly spaced
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(values, [str(v) for v in values])
         ax.set_xlabel(key)
         ax.set_ylabel(f"test {metric}")
         ax.legend()
