@@ -264,3 +264,13 @@ def test_tsne_keeps_clusters_apart():
     np.fill_diagonal(d, np.inf)
     assert (labels[d.argmin(1)] == labels).mean() > 0.95
     assert kl_divergence(x, y, 15) < 0.5 * kl_divergence(x, rng.normal(size=(120, 2)), 15)
+
+
+@pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(REPO, "configs", "grids"))))
+def test_shipped_grid_files_load(tmp_path, name):
+    """Every grid in configs/grids/ validates (every cell a valid config, `published` well formed)
+    without the dataset on disk: load_grid parses configs, it does not read data."""
+    grid = load_grid(os.path.join(REPO, "configs", "grids", name), out_dir=str(tmp_path))
+    assert grid.runs() and set(grid.published) <= set(grid.backbones)
+    for backbone, rows in grid.published.items():
+        assert "base" in rows, f"{name}: published.{backbone} has no base row to compare against"
