@@ -111,8 +111,8 @@ def markdown_table(summary: List[Dict], metrics=("recall@5", "ndcg@5", "recall@1
             cells.append(f"{s['wall_seconds']:.0f}")
             lines.append("| " + " | ".join(cells) + " |")
         rows = published.get(backbone, {})
+        base = rows.get("base", {})
         for label, figures in rows.items():
-            base = rows.get("base", {})
             cells = [backbone, f"paper: {label}", "–"]
             cells += [f"{figures[k]:.4f}" if k in figures else "–" for k in metrics]
             cells += [f"{100 * (figures[k] - base[k]) / base[k]:+.1f}%" if label != "base" and k in figures and base.get(k)
