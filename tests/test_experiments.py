@@ -218,6 +218,9 @@ def test_summary_mean_std_and_relative_improvement_by_hand():
     assert mean_std([1.0]) == (1.0, 0.0)
     table = markdown_table(summarize(rows))
     assert "+10.0%" in table and "0.1100 ± 0.0141" in table
+    # One seed: the value alone, no zero spread.
+    coco_row = next(line for line in table.splitlines() if "| coco |" in line)
+    assert coco_row.startswith("| sasrec | coco | 1 | 0.1210 | 0.0600 |") and "±" not in coco_row
     # Published rows follow their backbone's rows; their Δ is against the published base.
     published = {"sasrec": {"base": {"recall@5": 0.0387, "ndcg@5": 0.0249}, "coco": {"recall@5": 0.0414, "ndcg@5": 0.0265}}}
     lines = markdown_table(summarize(rows), published=published).splitlines()

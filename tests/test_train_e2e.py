@@ -50,6 +50,12 @@ def test_resume_continues_from_last_checkpoint(tmp_path):
     assert result["epochs_run"] == 3
     # Step count continues: epoch 3 added one epoch's steps on top of the restored count.
     assert int(second.optimizer.iterations.numpy()) == steps_after_2 * 3 // 2
+    # Times cover the whole run, not only the resuming process.
+    walls = [h["wall_seconds"] for h in history]
+    assert walls == sorted(walls) and walls[0] > 0
+    assert result["wall_seconds"] >= walls[-1] > walls[1]
+    assert result["train_seconds"] == pytest.approx(sum(h["train_seconds"] for h in history), abs=0.02)
+    assert result["train_seconds"] > history[-1]["train_seconds"]
 
 
 def run_cli(*args, cwd=None):

@@ -1,7 +1,7 @@
 """Grid results: one CSV row per run, and a markdown table shaped like the paper's Table 1/3.
 
 The table has one row per (backbone, method): mean ± sample std over the seeds
-that finished, and the relative improvement of the mean over the same
+that finished (the value alone for one seed), and the relative improvement of the mean over the same
 backbone's ``base`` row, ``(x - base) / base``. Telemetry columns (the last
 epoch's M = 1 rate, mean selected prompts m, codebook perplexity) come from
 ``history.json``. A grid's ``published`` figures follow each backbone's rows as
@@ -105,7 +105,7 @@ def markdown_table(summary: List[Dict], metrics=("recall@5", "ndcg@5", "recall@1
     for backbone in backbones:
         for s in (s for s in summary if s["backbone"] == backbone):
             cells = [s["backbone"], s["method"], str(s["n"])]
-            cells += [f"{s[k][0]:.4f} ± {s[k][1]:.4f}" for k in metrics]
+            cells += [f"{s[k][0]:.4f}" if s["n"] == 1 else f"{s[k][0]:.4f} ± {s[k][1]:.4f}" for k in metrics]
             cells += ["–" if s["rel"][k] is None or s["method"] == "base" else f"{100 * s['rel'][k]:+.1f}%" for k in metrics[:2]]
             cells += ["–" if s[k] is None else f"{s[k]:.3g}" for k in ("m1_fraction", "mean_selected", "codebook_perplexity")]
             cells.append(f"{s['wall_seconds']:.0f}")
@@ -130,7 +130,7 @@ def write_report(grid: Grid) -> Dict[str, str]:
     md_path = os.path.join(grid.report_dir, "results.md")
     write_csv(rows, csv_path)
     total = len(grid.runs())
-    text = f"# Grid {grid.name}: {len(rows)} of {total} runs finished\n\nTest split, mean ± std over seeds; Δ = relative to base.\n\n"
+    text = f"# Grid {grid.name}: {len(rows)} of {total} runs finished\n\nTest split, mean ± std over seeds (one seed: its value); Δ = relative to base; wall s: mean wall time of a run.\n\n"
     text += markdown_table(summarize(rows), published=grid.published) if rows else "(no finished runs)\n"
     with open(md_path, "w") as fh:
         fh.write(text)

@@ -320,6 +320,7 @@ class PSTrainer(EpochEndMixin):
 
         history_path = os.path.join(self.model_dir, "history.json")
         history = json.load(open(history_path)) if os.path.exists(history_path) else []
+        self._start_clock(history, t0)
         train_seconds, train_examples = 0.0, 0
         while int(self.epoch.numpy()) < cfg.train.epochs:
             epoch = int(self.epoch.numpy()) + 1
@@ -362,10 +363,10 @@ class PSTrainer(EpochEndMixin):
             self._add_telemetry(record, dict(zip(self._names[1:], epoch_sums[1:].tolist())), done - start, step)
             if self._end_epoch(epoch, step, record, history, history_path, checkpoint_number=step):
                 break
-        return self._finish(t0, train_seconds, train_examples)
+        return self._finish(train_seconds, train_examples)
 
-    def _finish(self, t0: float, train_seconds: float, train_examples: int) -> Dict:
+    def _finish(self, train_seconds: float, train_examples: int) -> Dict:
         cluster = {"ps": self.num_ps, "workers": self.num_workers,
                    "item_table_shards": [{"shape": list(s), "device": d} for s, d in table_placement(self.model)]}
-        return super()._finish(t0, train_seconds, train_examples,
+        return super()._finish(train_seconds, train_examples,
                                extra={"steps": int(self.step.numpy()), "cluster": cluster})

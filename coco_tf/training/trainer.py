@@ -11,6 +11,12 @@ Layout of ``model_dir``::
     cache/           the item text table (kar/coco; unless llm.cache_dir is set)
     pretrain.json    per-epoch pre-training losses (backbones with a pre-training stage: s3rec)
     metrics.json     {"valid": {...}, "test": {...}, "examples_per_sec": ..., "wall_seconds": ...}
+    history.json     one record per finished epoch (loss, train_seconds, telemetry, validation,
+                     wall_seconds: the run's wall time so far, summed over resumes)
+
+``train_seconds`` and ``wall_seconds`` in ``metrics.json`` cover the whole run, summed
+over every process that resumed it (the unfinished epoch of a killed process is not
+counted); ``examples_per_sec`` is the last process's own training throughput.
 
 An interrupted run started again with the same ``model_dir`` resumes after its
 last finished epoch.
@@ -198,6 +204,7 @@ class EpochEndMixin:
                    checkpoint_number: int) -> bool:
         """Validates, appends the epoch to history.json, checkpoints; returns whether to stop early."""
         stop = self._validate(epoch, step, record)
+        record["wall_seconds"] = round(self._wall_before + time.time() - self._t0, 2)
         history.append(record)
         self.manager.save(checkpoint_number=checkpoint_number)
         with open(history_path, "w") as fh:
@@ -207,8 +214,15 @@ class EpochEndMixin:
             logging.info("early stopping after epoch %d", epoch)
         return stop
 
-    def _finish(self, t0: float, train_seconds: float, train_examples: int, extra: Optional[Dict] = None) -> Dict:
+    def _start_clock(self, history: list, t0: float) -> None:
+        """This process's wall time counts from ``t0``, on top of what ``history`` (a resumed run's epochs) took."""
+        self._t0 = t0
+        self._wall_before = float(history[-1].get("wall_seconds", 0.0)) if history else 0.0
+
+    def _finish(self, train_seconds: float, train_examples: int, extra: Optional[Dict] = None) -> Dict:
         """Tests the best checkpoint and writes ``metrics.json``."""
+        history_path = os.path.join(self.model_dir, "history.json")
+        history = json.load(open(history_path)) if os.path.exists(history_path) else []
         if self.best_manager.latest_checkpoint:
             tf.train.Checkpoint(model=self.model).restore(self.best_manager.latest_checkpoint).expect_partial()
             best_epoch = int(self.best_manager.latest_checkpoint.rsplit("-", 1)[-1])
@@ -220,8 +234,8 @@ class EpochEndMixin:
             "best_epoch": best_epoch,
             "epochs_run": int(self.epoch.numpy()),
             "examples_per_sec": round(train_examples / train_seconds, 1) if train_seconds else None,
-            "train_seconds": round(train_seconds, 2),
-            "wall_seconds": round(time.time() - t0, 2),
+            "train_seconds": round(sum(h.get("train_seconds", 0.0) for h in history), 2),
+            "wall_seconds": round(self._wall_before + time.time() - self._t0, 2),
             "dataset": self.dataset.describe(),
             **(extra or {}),
         }
@@ -356,6 +370,7 @@ class Trainer(EpochEndMixin):
         steps_per_epoch = count_batches(lengths, cfg.train.batch_size, cfg.data.max_len, cfg.data.bucket_by_length)
         history_path = os.path.join(self.model_dir, "history.json")
         history = json.load(open(history_path)) if os.path.exists(history_path) else []
+        self._start_clock(history, t0)
         if not self.manager.latest_checkpoint:
             self.pretrain(ds, steps_per_epoch)
 
@@ -390,7 +405,7 @@ class Trainer(EpochEndMixin):
             if self._end_epoch(epoch, step, record, history, history_path, checkpoint_number=epoch):
                 break
 
-        return self._finish(t0, train_seconds, train_examples)
+        return self._finish(train_seconds, train_examples)
 
 
 def format_table(result: Dict) -> str:
