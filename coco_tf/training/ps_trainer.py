@@ -363,10 +363,10 @@ class PSTrainer(EpochEndMixin):
             self._add_telemetry(record, dict(zip(self._names[1:], epoch_sums[1:].tolist())), done - start, step)
             if self._end_epoch(epoch, step, record, history, history_path, checkpoint_number=step):
                 break
-        return self._finish(train_seconds, train_examples)
+        return self._finish(train_seconds, train_examples, history)
 
-    def _finish(self, train_seconds: float, train_examples: int) -> Dict:
+    def _finish(self, train_seconds: float, train_examples: int, history: list) -> Dict:
         cluster = {"ps": self.num_ps, "workers": self.num_workers,
                    "item_table_shards": [{"shape": list(s), "device": d} for s, d in table_placement(self.model)]}
-        return super()._finish(train_seconds, train_examples,
+        return super()._finish(train_seconds, train_examples, history,
                                extra={"steps": int(self.step.numpy()), "cluster": cluster})

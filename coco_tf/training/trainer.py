@@ -219,10 +219,9 @@ class EpochEndMixin:
         self._t0 = t0
         self._wall_before = float(history[-1].get("wall_seconds", 0.0)) if history else 0.0
 
-    def _finish(self, train_seconds: float, train_examples: int, extra: Optional[Dict] = None) -> Dict:
-        """Tests the best checkpoint and writes ``metrics.json``."""
-        history_path = os.path.join(self.model_dir, "history.json")
-        history = json.load(open(history_path)) if os.path.exists(history_path) else []
+    def _finish(self, train_seconds: float, train_examples: int, history: list,
+                extra: Optional[Dict] = None) -> Dict:
+        """Tests the best checkpoint and writes ``metrics.json``; ``history``: every finished epoch's record."""
         if self.best_manager.latest_checkpoint:
             tf.train.Checkpoint(model=self.model).restore(self.best_manager.latest_checkpoint).expect_partial()
             best_epoch = int(self.best_manager.latest_checkpoint.rsplit("-", 1)[-1])
@@ -405,7 +404,7 @@ class Trainer(EpochEndMixin):
             if self._end_epoch(epoch, step, record, history, history_path, checkpoint_number=epoch):
                 break
 
-        return self._finish(train_seconds, train_examples)
+        return self._finish(train_seconds, train_examples, history)
 
 
 def format_table(result: Dict) -> str:
