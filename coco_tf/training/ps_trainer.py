@@ -80,7 +80,6 @@ Decisions:
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Dict
@@ -318,9 +317,7 @@ class PSTrainer(EpochEndMixin):
         per_worker = self.coordinator.create_per_worker_dataset(self._dataset_fn())
         iterator = iter(per_worker)
 
-        history_path = os.path.join(self.model_dir, "history.json")
-        history = json.load(open(history_path)) if os.path.exists(history_path) else []
-        self._start_clock(history, t0)
+        history_path, history = self._load_history(t0)
         train_seconds, train_examples = 0.0, 0
         while int(self.epoch.numpy()) < cfg.train.epochs:
             epoch = int(self.epoch.numpy()) + 1

@@ -204,7 +204,7 @@ class EpochEndMixin:
                    checkpoint_number: int) -> bool:
         """Validates, appends the epoch to history.json, checkpoints; returns whether to stop early."""
         stop = self._validate(epoch, step, record)
-        record["wall_seconds"] = round(self._wall_before + time.time() - self._t0, 2)
+        record["wall_seconds"] = self._wall_seconds()
         history.append(record)
         self.manager.save(checkpoint_number=checkpoint_number)
         with open(history_path, "w") as fh:
@@ -214,10 +214,21 @@ class EpochEndMixin:
             logging.info("early stopping after epoch %d", epoch)
         return stop
 
-    def _start_clock(self, history: list, t0: float) -> None:
-        """This process's wall time counts from ``t0``, on top of what ``history`` (a resumed run's epochs) took."""
+    def _load_history(self, t0: float):
+        """``(history_path, history)``: the epochs a resumed run already finished (``[]`` when new).
+
+        Starts the run's wall clock: this process counts from ``t0``, on top of the time
+        those epochs took.
+        """
+        history_path = os.path.join(self.model_dir, "history.json")
+        history = json.load(open(history_path)) if os.path.exists(history_path) else []
         self._t0 = t0
         self._wall_before = float(history[-1].get("wall_seconds", 0.0)) if history else 0.0
+        return history_path, history
+
+    def _wall_seconds(self) -> float:
+        """The run's wall time so far, summed over resumes."""
+        return round(self._wall_before + time.time() - self._t0, 2)
 
     def _finish(self, train_seconds: float, train_examples: int, history: list,
                 extra: Optional[Dict] = None) -> Dict:
@@ -234,7 +245,7 @@ class EpochEndMixin:
             "epochs_run": int(self.epoch.numpy()),
             "examples_per_sec": round(train_examples / train_seconds, 1) if train_seconds else None,
             "train_seconds": round(sum(h.get("train_seconds", 0.0) for h in history), 2),
-            "wall_seconds": round(self._wall_before + time.time() - self._t0, 2),
+            "wall_seconds": self._wall_seconds(),
             "dataset": self.dataset.describe(),
             **(extra or {}),
         }
@@ -367,9 +378,7 @@ class Trainer(EpochEndMixin):
         # Every training position weighs the same, whichever batch it lands in.
         self.model.loss_normalizer = float(cfg.train.batch_size * lengths.mean())
         steps_per_epoch = count_batches(lengths, cfg.train.batch_size, cfg.data.max_len, cfg.data.bucket_by_length)
-        history_path = os.path.join(self.model_dir, "history.json")
-        history = json.load(open(history_path)) if os.path.exists(history_path) else []
-        self._start_clock(history, t0)
+        history_path, history = self._load_history(t0)
         if not self.manager.latest_checkpoint:
             self.pretrain(ds, steps_per_epoch)
 
