@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from coco_tf.config import load_config
+from coco_tf.data.errors import DataError
 from coco_tf.training.trainer import Trainer
 
 TINY = [
@@ -56,6 +57,12 @@ def test_resume_continues_from_last_checkpoint(tmp_path):
     assert result["wall_seconds"] >= walls[-1] > walls[1]
     assert result["train_seconds"] == pytest.approx(sum(h["train_seconds"] for h in history), abs=0.02)
     assert result["train_seconds"] > history[-1]["train_seconds"]
+    assert not os.path.exists(tmp_path / "history.json.tmp")
+    # A history.json cut short (a run killed mid-write before the write-then-rename) names the file.
+    text = (tmp_path / "history.json").read_text()
+    (tmp_path / "history.json").write_text(text[: len(text) // 2])
+    with pytest.raises(DataError, match=r"history\.json:\d+: not valid JSON"):
+        Trainer(load_config(overrides=base + ["train.epochs=4"])).run()
 
 
 def run_cli(*args, cwd=None):

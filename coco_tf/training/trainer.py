@@ -36,6 +36,7 @@ import tf_keras as keras
 from absl import logging
 
 from coco_tf.config import Config, dump_config
+from coco_tf.data.errors import DataError
 from coco_tf.data.loader import load_dataset
 from coco_tf.data.pipeline import eval_dataset, train_dataset, training_examples
 from coco_tf.data.split import EvalSet, leave_one_out, training_item_mask
@@ -207,8 +208,10 @@ class EpochEndMixin:
         record["wall_seconds"] = self._wall_seconds()
         history.append(record)
         self.manager.save(checkpoint_number=checkpoint_number)
-        with open(history_path, "w") as fh:
+        # Write-then-rename: a run killed mid-write keeps the previous, readable history.json.
+        with open(history_path + ".tmp", "w") as fh:
             json.dump(history, fh, indent=1)
+        os.replace(history_path + ".tmp", history_path)
         self.writer.flush()
         if stop:
             logging.info("early stopping after epoch %d", epoch)
@@ -221,7 +224,14 @@ class EpochEndMixin:
         those epochs took.
         """
         history_path = os.path.join(self.model_dir, "history.json")
-        history = json.load(open(history_path)) if os.path.exists(history_path) else []
+        history = []
+        if os.path.exists(history_path):
+            with open(history_path) as fh:
+                try:
+                    history = json.load(fh)
+                except json.JSONDecodeError as e:
+                    raise DataError(history_path, f"not valid JSON ({e.msg}); move it aside to resume "
+                                    "without the finished epochs' records", line=e.lineno) from None
         self._t0 = t0
         self._wall_before = float(history[-1].get("wall_seconds", 0.0)) if history else 0.0
         return history_path, history
