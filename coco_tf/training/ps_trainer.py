@@ -317,7 +317,7 @@ class PSTrainer(EpochEndMixin):
         per_worker = self.coordinator.create_per_worker_dataset(self._dataset_fn())
         iterator = iter(per_worker)
 
-        history_path, history = self._load_history(t0)
+        history = self._load_history(t0)
         train_seconds, train_examples = 0.0, 0
         while int(self.epoch.numpy()) < cfg.train.epochs:
             epoch = int(self.epoch.numpy()) + 1
@@ -358,7 +358,7 @@ class PSTrainer(EpochEndMixin):
                       "step": int(self.step.numpy())}
             step = int(self.step.numpy())
             self._add_telemetry(record, dict(zip(self._names[1:], epoch_sums[1:].tolist())), done - start, step)
-            if self._end_epoch(epoch, step, record, history, history_path, checkpoint_number=step):
+            if self._end_epoch(epoch, step, record, history, checkpoint_number=step):
                 break
         return self._finish(train_seconds, train_examples, history)
 

@@ -46,6 +46,14 @@ from coco_tf.models.retrieval_model import build_model, needs_llm_assets
 SELECTION_METRIC = "ndcg@10"
 
 
+def write_json(path: str, obj, indent: int) -> None:
+    """Writes ``obj`` to ``path`` through a temporary file and a rename, so a run killed mid-write
+    leaves the previous, readable file (a resume reads history.json; the grid reads metrics.json)."""
+    with open(path + ".tmp", "w") as fh:
+        json.dump(obj, fh, indent=indent)
+    os.replace(path + ".tmp", path)
+
+
 def make_optimizer(cfg: Config) -> keras.optimizers.Optimizer:
     if cfg.train.weight_decay > 0:
         return keras.optimizers.AdamW(learning_rate=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
@@ -201,40 +209,39 @@ class EpochEndMixin:
             for k, v in record["telemetry"].items():
                 tf.summary.scalar(f"train_epoch/{k}", v, step=step)
 
-    def _end_epoch(self, epoch: int, step: int, record: Dict, history: list, history_path: str,
-                   checkpoint_number: int) -> bool:
+    def _end_epoch(self, epoch: int, step: int, record: Dict, history: list, checkpoint_number: int) -> bool:
         """Validates, appends the epoch to history.json, checkpoints; returns whether to stop early."""
         stop = self._validate(epoch, step, record)
         record["wall_seconds"] = self._wall_seconds()
         history.append(record)
         self.manager.save(checkpoint_number=checkpoint_number)
-        # Write-then-rename: a run killed mid-write keeps the previous, readable history.json.
-        with open(history_path + ".tmp", "w") as fh:
-            json.dump(history, fh, indent=1)
-        os.replace(history_path + ".tmp", history_path)
+        write_json(self.history_path, history, indent=1)
         self.writer.flush()
         if stop:
             logging.info("early stopping after epoch %d", epoch)
         return stop
 
-    def _load_history(self, t0: float):
-        """``(history_path, history)``: the epochs a resumed run already finished (``[]`` when new).
+    @property
+    def history_path(self) -> str:
+        return os.path.join(self.model_dir, "history.json")
+
+    def _load_history(self, t0: float) -> list:
+        """The epochs a resumed run already finished (``[]`` when new).
 
         Starts the run's wall clock: this process counts from ``t0``, on top of the time
         those epochs took.
         """
-        history_path = os.path.join(self.model_dir, "history.json")
         history = []
-        if os.path.exists(history_path):
-            with open(history_path) as fh:
+        if os.path.exists(self.history_path):
+            with open(self.history_path) as fh:
                 try:
                     history = json.load(fh)
                 except json.JSONDecodeError as e:
-                    raise DataError(history_path, f"not valid JSON ({e.msg}); move it aside to resume "
+                    raise DataError(self.history_path, f"not valid JSON ({e.msg}); move it aside to resume "
                                     "without the finished epochs' records", line=e.lineno) from None
         self._t0 = t0
         self._wall_before = float(history[-1].get("wall_seconds", 0.0)) if history else 0.0
-        return history_path, history
+        return history
 
     def _wall_seconds(self) -> float:
         """The run's wall time so far, summed over resumes."""
@@ -259,8 +266,7 @@ class EpochEndMixin:
             "dataset": self.dataset.describe(),
             **(extra or {}),
         }
-        with open(os.path.join(self.model_dir, "metrics.json"), "w") as fh:
-            json.dump(result, fh, indent=2)
+        write_json(os.path.join(self.model_dir, "metrics.json"), result, indent=2)
         return result
 
 
@@ -359,8 +365,7 @@ class Trainer(EpochEndMixin):
                 for k in sums:
                     tf.summary.scalar(f"pretrain/{k}", record[k], step=epoch)
         self.writer.flush()
-        with open(os.path.join(self.model_dir, "pretrain.json"), "w") as fh:
-            json.dump(records, fh, indent=1)
+        write_json(os.path.join(self.model_dir, "pretrain.json"), records, indent=1)
         return records
 
     def _build(self):
@@ -388,7 +393,7 @@ class Trainer(EpochEndMixin):
         # Every training position weighs the same, whichever batch it lands in.
         self.model.loss_normalizer = float(cfg.train.batch_size * lengths.mean())
         steps_per_epoch = count_batches(lengths, cfg.train.batch_size, cfg.data.max_len, cfg.data.bucket_by_length)
-        history_path, history = self._load_history(t0)
+        history = self._load_history(t0)
         if not self.manager.latest_checkpoint:
             self.pretrain(ds, steps_per_epoch)
 
@@ -420,7 +425,7 @@ class Trainer(EpochEndMixin):
             self.epoch.assign(epoch)
             record = {"epoch": epoch, "loss": loss_value, "train_seconds": round(time.time() - te, 2)}
             self._add_telemetry(record, telemetry_sum, telemetry_steps, step)
-            if self._end_epoch(epoch, step, record, history, history_path, checkpoint_number=epoch):
+            if self._end_epoch(epoch, step, record, history, checkpoint_number=epoch):
                 break
 
         return self._finish(train_seconds, train_examples, history)
