@@ -164,8 +164,8 @@ class TrainConfig:
     keep_checkpoints: int = _field(3, "checkpoints kept by the CheckpointManager")
     checkpoint_every_steps: int = _field(
         0,
-        "runtime.strategy=ps: the chief also checkpoints every this many steps within an epoch, bounding the "
-        "work lost when a PS or the chief dies (0: only at epoch ends)",
+        "checkpoint also every this many steps within an epoch (both trainers), bounding the work lost when "
+        "the process (or, runtime.strategy=ps, a PS or the chief) dies (0: only at epoch ends)",
     )
 
 
@@ -202,6 +202,15 @@ class RuntimeConfig:
     model_dir: str = _field("runs/default", "where checkpoints, TensorBoard events, config.yaml and metrics.json go")
     progress: bool = _field(True, "show a progress bar while training")
     threads: int = _field(0, "TensorFlow intra-op threads (0: TensorFlow's default)")
+    deterministic: bool = _field(
+        False, "runtime.strategy=local: tf.config.experimental.enable_op_determinism(), so that a run "
+        "(and a killed-and-resumed run) gives the same numbers every time on CPU; slower on GPU"
+    )
+    cluster_connect_timeout: float = _field(
+        120.0,
+        "runtime.strategy=ps: seconds the chief waits for every ps and worker address to accept a TCP "
+        "connection before it stops with exit 3 naming the unreachable tasks (0: do not check)",
+    )
 
 
 @dataclasses.dataclass
@@ -407,6 +416,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'data.path': required when data.source={cfg.data.source}")
     for key, value in (("train.checkpoint_every_steps", cfg.train.checkpoint_every_steps),
                        ("runtime.ps_shards", cfg.runtime.ps_shards),
+                       ("runtime.cluster_connect_timeout", cfg.runtime.cluster_connect_timeout),
                        ("coco.num_shared_prompts", cfg.coco.num_shared_prompts)):
         if value < 0:
             raise ConfigError(f"config key '{key}': must be >= 0, got {value}")

@@ -14,8 +14,10 @@ Flags:
 With ``--set runtime.strategy=ps`` this process is the chief of a
 parameter-server cluster described by ``TF_CONFIG`` (ps and worker tasks run
 ``python -m coco_tf.training.server``); ``launch/run_cluster.sh`` starts them
-all. Exit status: 0 done, 2 bad config/data/TF_CONFIG, 3 the cluster failed
-(relaunch with the same model_dir to resume from the latest checkpoint).
+all. Exit status: 0 done (or already finished: a rerun of a finished run
+changes nothing), 2 bad config/data/TF_CONFIG, 3 the cluster failed or could
+not be reached within runtime.cluster_connect_timeout (relaunch with the same
+model_dir to resume from the latest checkpoint).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from absl import app, flags, logging
 
 from coco_tf.config import ConfigError, load_config
 from coco_tf.data.errors import DataError
+from coco_tf.training.tf_config import TFConfigError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, "YAML file of config overrides.")
@@ -69,9 +72,18 @@ def main(argv):
         else:
             trainer = Trainer(cfg)
             result = trainer.run()
+    except TFConfigError as e:
+        print(f"TF_CONFIG error: {e}", file=sys.stderr)
+        return 2
     except (DataError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    metrics_path = f"{cfg.runtime.model_dir}/metrics.json"
+    if trainer.already_finished:
+        print(f"run {cfg.runtime.model_dir} already finished ({result['epochs_run']} epochs, best epoch "
+              f"{result['best_epoch']}); left as it is. Metrics: {metrics_path}")
+        print(format_table(result))
+        return 0
     if trainer.dataset.skipped.total:
         print(trainer.dataset.skipped.summary())
     print()
@@ -79,7 +91,7 @@ def main(argv):
     print(f"best epoch {result['best_epoch']} of {result['epochs_run']}; "
           f"{result['examples_per_sec']} training users/s; wall {result['wall_seconds']} s")
     print(format_table(result))
-    print(f"\nwrote {cfg.runtime.model_dir}/metrics.json")
+    print(f"\nwrote {metrics_path}")
     return 0
 
 

@@ -42,7 +42,9 @@ def test_built_cluster_is_valid_and_loopback():
         (cfg(cluster={"chief": ["h:1"], "ps": ["h:2"], "worker": ["h:2"]}), "duplicate address h:2 (ps:0 and worker:0)"),
         (cfg(cluster={"chief": ["h:1"], "ps": ["h"], "worker": ["h:4"]}), "bad address 'h'"),
         (cfg(cluster={"chief": ["h:1"], "ps": ["h:2"], "worker": ["h:4"], "master": ["h:7"]}), "unknown task type 'master'"),
-        ({"cluster": {}, "task": {}}, "missing 'cluster'"),
+        ({"cluster": {}, "task": {}}, "'cluster' is empty"),
+        ({"task": {}}, "missing 'cluster'"),
+        ({"cluster": ["h:1"], "task": {}}, "'cluster' must be a mapping"),
         ([1, 2], "expected a JSON object"),
     ],
 )

@@ -63,12 +63,16 @@ def train_dataset(
     seed: int,
     bucket_by_length: bool = True,
     shard: Optional[tuple] = None,
+    epoch: Optional[int] = None,
 ) -> tf.data.Dataset:
     """Shuffled, padded batches ``{"history": [B, T], "targets": [B, T]}`` (T <= max_len).
 
     Args:
       shard: ``(num_shards, index)`` to read only every num_shards-th user
         (parameter-server workers each read their own shard).
+      epoch: one pass in the order of that epoch, a function of ``(seed, epoch)`` alone (the
+        local trainer: a resumed run re-creates the epoch's order and skips the batches it
+        already trained on). ``None``: reshuffled at every iteration.
     """
     hist, tgt = training_examples(train_sequences, max_len)
     if not hist:
@@ -76,7 +80,10 @@ def train_dataset(
     ds = _rows_dataset({"history": hist, "targets": tgt})
     if shard is not None:
         ds = ds.shard(*shard)
-    ds = ds.shuffle(len(hist), seed=seed, reshuffle_each_iteration=True)
+    if epoch is None:
+        ds = ds.shuffle(len(hist), seed=seed, reshuffle_each_iteration=True)
+    else:
+        ds = ds.shuffle(len(hist), seed=(seed * 1_000_003 + epoch) % (2**31 - 1), reshuffle_each_iteration=False)
     if bucket_by_length:
         boundaries = [b for b in (3, 5, 8, 12, 20, 30, 40) if b < max_len]
         ds = ds.bucket_by_sequence_length(

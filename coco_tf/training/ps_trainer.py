@@ -72,10 +72,14 @@ Decisions:
   and continues from that step of that epoch. TF writes the ``checkpoint``
   index file only after the data files, so a kill during a save leaves the
   previous checkpoint as the latest.
-* **Failures.** A worker that dies: the coordinator re-runs its steps on the
-  other workers and keeps going. A PS that dies (or an unreachable cluster):
-  :class:`ClusterFailure` with a message saying to relaunch, which resumes
-  from the latest checkpoint.
+* **Failures.** A bad ``TF_CONFIG`` (or one whose task is not the chief):
+  ``TFConfigError``, exit 2. Before building the strategy the chief checks
+  that every ps and worker address accepts a TCP connection, retrying for
+  ``runtime.cluster_connect_timeout`` seconds: an unreachable task is a
+  :class:`ClusterFailure` naming each one (exit 3) instead of a silent wait.
+  A worker that dies: the coordinator re-runs its steps on the other workers
+  and keeps going. A PS that dies: :class:`ClusterFailure` (exit 3) with a
+  message saying to relaunch, which resumes from the latest checkpoint.
 """
 
 from __future__ import annotations
@@ -111,7 +115,7 @@ _CLUSTER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors
 
 
 class ClusterFailure(RuntimeError):
-    """A parameter server (or the whole cluster) went away: relaunch to resume."""
+    """A parameter server (or the whole cluster) went away, or never answered: exit 3, relaunch to resume."""
 
 
 def make_partitioner(cfg: Config, num_ps: int):
@@ -124,21 +128,44 @@ def make_partitioner(cfg: Config, num_ps: int):
 
 
 def make_resolver(cluster_resolver=None):
-    """The cluster resolver: ``TF_CONFIG`` (validated; this process must be the chief) unless given."""
+    """The cluster resolver: ``TF_CONFIG`` (validated; this process must be the chief) unless given.
+
+    Raises :class:`~coco_tf.training.tf_config.TFConfigError` (exit 2) for a bad ``TF_CONFIG``.
+    """
     if cluster_resolver is None:
         from coco_tf.training.tf_config import TFConfigError, parse
 
         try:
             parse(os.environ.get("TF_CONFIG", ""))
         except TFConfigError as e:
-            raise ClusterFailure(f"runtime.strategy=ps needs a valid TF_CONFIG: {e}") from None
+            raise TFConfigError(f"runtime.strategy=ps needs a valid TF_CONFIG: {e}") from None
         cluster_resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
         if cluster_resolver.task_type != "chief":
-            raise ClusterFailure(
+            raise TFConfigError(
                 f"runtime.strategy=ps: this process is '{cluster_resolver.task_type}' in TF_CONFIG; only the chief "
                 "runs coco_tf.train (ps and worker tasks run python -m coco_tf.training.server)"
             )
     return cluster_resolver
+
+
+def check_reachable(cfg: Config, cluster_resolver) -> None:
+    """Raises :class:`ClusterFailure` naming every ps / worker task whose address accepted no TCP
+    connection within ``runtime.cluster_connect_timeout`` seconds (0: no check). Without it the
+    strategy's first RPC to an absent task would wait for minutes without a word."""
+    timeout = cfg.runtime.cluster_connect_timeout
+    if not timeout:
+        return
+    from coco_tf.training.tf_config import unreachable
+
+    cluster = cluster_resolver.cluster_spec().as_dict()
+    cluster = {job: list(addrs.values()) if isinstance(addrs, dict) else list(addrs) for job, addrs in cluster.items()}
+    missing = unreachable(cluster, timeout)
+    if missing:
+        raise ClusterFailure(
+            f"could not reach {len(missing)} task(s) within runtime.cluster_connect_timeout={timeout:g} s: "
+            f"{'; '.join(missing)}. Start them (python -m coco_tf.training.server with their TF_CONFIG) or fix "
+            "the addresses in TF_CONFIG, then run this command again."
+        )
 
 
 def make_strategy(cfg: Config, cluster_resolver=None) -> tf.distribute.experimental.ParameterServerStrategy:
@@ -211,6 +238,7 @@ class PSTrainer(EpochEndMixin):
         os.makedirs(self.model_dir, exist_ok=True)
         keras.utils.set_random_seed(cfg.train.seed)
         resolver = make_resolver(cluster_resolver)
+        check_reachable(cfg, resolver)
         spec = resolver.cluster_spec()
         self.strategy = make_strategy(cfg, resolver)
         self.num_workers = spec.num_tasks("worker")
@@ -234,6 +262,7 @@ class PSTrainer(EpochEndMixin):
         self.epoch_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch_step")
         self.best_score = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_score")
         self.stale_evals = tf.Variable(0, dtype=tf.int64, trainable=False, name="stale_evals")
+        self.already_finished = False
         self.checkpoint = tf.train.Checkpoint(
             model=self.model, optimizer=self.optimizer, epoch=self.epoch, best_score=self.best_score,
             stale_evals=self.stale_evals, step=self.step, epoch_step=self.epoch_step,
@@ -301,6 +330,10 @@ class PSTrainer(EpochEndMixin):
                          int(self.epoch.numpy()), int(self.step.numpy()))
             print(f"resumed from {self.manager.latest_checkpoint}: epoch {int(self.epoch.numpy())}, "
                   f"step {int(self.step.numpy())}", flush=True)
+            saved = self._saved_metrics_if_finished()
+            if saved is not None:
+                self.already_finished = True
+                return saved
         hist, _ = training_examples(self.split.train, cfg.data.max_len)
         lengths = np.array([len(h) for h in hist])
         # Every training position weighs the same, whichever batch it lands in (as in Trainer).
@@ -338,7 +371,7 @@ class PSTrainer(EpochEndMixin):
                 chunk_sums = np.sum([r.fetch() for r in sums], axis=0)
                 epoch_sums += chunk_sums
                 chunk_means = dict(zip(self._names, (chunk_sums / chunk_steps).tolist()))
-                loss_value = chunk_means["loss"]
+                loss_value = float(epoch_sums[0] / (chunk_end - start))  # the epoch's running mean
                 self.step.assign_add(chunk_steps)
                 self.epoch_step.assign(chunk_end)
                 step = int(self.step.numpy())
@@ -354,7 +387,8 @@ class PSTrainer(EpochEndMixin):
             train_examples += int(round(len(lengths) * (steps_per_epoch - start) / steps_per_epoch))
             self.epoch.assign(epoch)
             self.epoch_step.assign(0)
-            record = {"epoch": epoch, "loss": loss_value, "train_seconds": round(time.time() - te, 2),
+            record = {"epoch": epoch, "loss": round(float(epoch_sums[0] / max(done - start, 1)), 6),
+                      "train_seconds": round(time.time() - te, 2),
                       "step": int(self.step.numpy())}
             step = int(self.step.numpy())
             self._add_telemetry(record, dict(zip(self._names[1:], epoch_sums[1:].tolist())), done - start, step)

@@ -79,9 +79,14 @@ def validate(cfg, source: str = "TF_CONFIG") -> Dict:
     unknown = set(cfg) - {"cluster", "task", "environment", "rpc_layer"}
     if unknown:
         raise TFConfigError(f"{source}: unknown top-level key(s): {', '.join(sorted(unknown))}")
-    cluster = cfg.get("cluster")
-    if not isinstance(cluster, dict) or not cluster:
+    if "cluster" not in cfg:
         raise TFConfigError(f"{source}: missing 'cluster' (a mapping of task type to a list of host:port)")
+    cluster = cfg["cluster"]
+    if not isinstance(cluster, dict):
+        raise TFConfigError(f"{source}: 'cluster' must be a mapping of task type to a list of host:port, "
+                            f"got {type(cluster).__name__}")
+    if not cluster:
+        raise TFConfigError(f"{source}: 'cluster' is empty; it needs 'chief', 'ps' and 'worker' lists of host:port")
     for job, addrs in cluster.items():
         if job not in TASK_TYPES + ("evaluator",):
             raise TFConfigError(f"{source}: unknown task type '{job}' in cluster; allowed: {', '.join(TASK_TYPES)}")
@@ -123,6 +128,34 @@ def validate(cfg, source: str = "TF_CONFIG") -> Dict:
             f"0..{len(cluster[ttype]) - 1})"
         )
     return cfg
+
+
+def unreachable(cluster: Dict, timeout: float, jobs=("ps", "worker"), interval: float = 0.5) -> List[str]:
+    """The ``jobs`` tasks of ``cluster`` whose address did not accept a TCP connection within ``timeout`` s.
+
+    Each address is tried again every ``interval`` seconds until it accepts or the time is up; returns
+    ``["ps:1 at host:port", ...]`` (empty when every task answered). A plain connect and close: nothing
+    is sent, so a TF server does not notice.
+    """
+    import time
+
+    pending = [(f"{job}:{i}", a) for job in jobs for i, a in enumerate(cluster.get(job, []))]
+    deadline = time.monotonic() + timeout
+    while pending:
+        still = []
+        for name, addr in pending:
+            host, _, port = addr.rpartition(":")
+            host = host.strip("[]")
+            try:
+                with socket.create_connection((host, int(port)), timeout=max(0.1, min(2.0, timeout))):
+                    pass
+            except OSError:
+                still.append((name, addr))
+        pending = still
+        if not pending or time.monotonic() + interval > deadline:
+            break
+        time.sleep(interval)
+    return [f"{name} at {addr}" for name, addr in pending]
 
 
 def describe(cfg: Dict) -> str:

@@ -11,15 +11,23 @@ Layout of ``model_dir``::
     cache/           the item text table (kar/coco; unless llm.cache_dir is set)
     pretrain.json    per-epoch pre-training losses (backbones with a pre-training stage: s3rec)
     metrics.json     {"valid": {...}, "test": {...}, "examples_per_sec": ..., "wall_seconds": ...}
-    history.json     one record per finished epoch (loss, train_seconds, telemetry, validation,
+    history.json     one record per finished epoch (loss: the epoch's mean step loss, train_seconds,
+                     telemetry: epoch means of every loss term and diagnostic, validation,
                      wall_seconds: the run's wall time so far, summed over resumes)
 
 ``train_seconds`` and ``wall_seconds`` in ``metrics.json`` cover the whole run, summed
 over every process that resumed it (the unfinished epoch of a killed process is not
 counted); ``examples_per_sec`` is the last process's own training throughput.
 
-An interrupted run started again with the same ``model_dir`` resumes after its
-last finished epoch.
+An interrupted run started again with the same ``model_dir`` resumes from its
+latest checkpoint: the end of its last finished epoch or, with
+``train.checkpoint_every_steps``, a step within an epoch. The checkpoint holds
+everything that decides the next step: weights, optimizer, the position in the
+epoch (each epoch's order is a function of ``(train.seed, epoch)``), the dropout
+layers' random generators and the unfinished epoch's loss sums; so on CPU with
+``runtime.deterministic=true`` a killed-and-resumed run writes the same
+history.json and metrics.json as an uninterrupted one (timings aside). A run
+that already finished is left as it is (:attr:`Trainer.already_finished`).
 """
 
 from __future__ import annotations
@@ -221,6 +229,22 @@ class EpochEndMixin:
             logging.info("early stopping after epoch %d", epoch)
         return stop
 
+    def _saved_metrics_if_finished(self) -> Optional[Dict]:
+        """metrics.json of a run this checkpoint already finished (all epochs, or stopped early,
+        and tested), else ``None``: rerunning it must not train, test or rewrite anything."""
+        path = os.path.join(self.model_dir, "metrics.json")
+        if not self.manager.latest_checkpoint or not os.path.exists(path) or int(self.epoch_step.numpy()):
+            return None
+        epoch, patience = int(self.epoch.numpy()), self.cfg.train.early_stopping_patience
+        if not (epoch >= self.cfg.train.epochs or (patience > 0 and int(self.stale_evals.numpy()) >= patience)):
+            return None
+        try:
+            with open(path) as fh:
+                saved = json.load(fh)
+        except (OSError, json.JSONDecodeError):
+            return None  # unreadable: test again and rewrite it
+        return saved if saved.get("epochs_run") == epoch else None
+
     @property
     def history_path(self) -> str:
         return os.path.join(self.model_dir, "history.json")
@@ -283,6 +307,12 @@ class Trainer(EpochEndMixin):
             except RuntimeError:  # already initialised in this process
                 pass
         keras.utils.set_random_seed(cfg.train.seed)
+        if cfg.runtime.deterministic:
+            tf.config.experimental.enable_op_determinism()
+        # Dropout draws from a tf.random.Generator per layer (seeded from train.seed), whose state
+        # is a variable of the model and so in every checkpoint: a resumed run draws the masks the
+        # uninterrupted one would have drawn.
+        keras.backend.experimental.enable_tf_random_generator()
         dump_config(cfg, os.path.join(self.model_dir, "config.yaml"))
 
         self.dataset, self.split = load_and_split(cfg, dataset)
@@ -293,12 +323,19 @@ class Trainer(EpochEndMixin):
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.best_score = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_score")
         self.stale_evals = tf.Variable(0, dtype=tf.int64, trainable=False, name="stale_evals")
+        # A checkpoint within an epoch (train.checkpoint_every_steps): the steps of the epoch done
+        # and, as JSON, their loss / telemetry sums, so the epoch's means cover all its steps.
+        self.epoch_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch_step")
+        self.epoch_partial = tf.Variable("", dtype=tf.string, trainable=False, name="epoch_partial")
+        self.already_finished = False
         self.checkpoint = tf.train.Checkpoint(
             model=self.model,
             optimizer=self.optimizer,
             epoch=self.epoch,
             best_score=self.best_score,
             stale_evals=self.stale_evals,
+            epoch_step=self.epoch_step,
+            epoch_partial=self.epoch_partial,
         )
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, os.path.join(self.model_dir, "ckpt"), max_to_keep=cfg.train.keep_checkpoints
@@ -383,7 +420,12 @@ class Trainer(EpochEndMixin):
         self._build()
         if self.manager.latest_checkpoint:
             self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
-            logging.info("resumed from %s (epoch %d)", self.manager.latest_checkpoint, int(self.epoch.numpy()))
+            logging.info("resumed from %s (epoch %d, step %d of the next)", self.manager.latest_checkpoint,
+                         int(self.epoch.numpy()), int(self.epoch_step.numpy()))
+            saved = self._saved_metrics_if_finished()
+            if saved is not None:
+                self.already_finished = True
+                return saved
 
         ds = train_dataset(
             self.split.train, cfg.data.max_len, cfg.train.batch_size, cfg.train.seed, cfg.data.bucket_by_length
@@ -399,20 +441,28 @@ class Trainer(EpochEndMixin):
 
         train_seconds, train_examples = 0.0, 0
         step = int(self.optimizer.iterations.numpy())
+        every = cfg.train.checkpoint_every_steps
         while int(self.epoch.numpy()) < cfg.train.epochs:
             epoch = int(self.epoch.numpy()) + 1
-            bar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss"], verbose=1 if cfg.runtime.progress else 0)
+            # The bar shows the epoch's running mean loss (Progbar averages non-stateful metrics).
+            bar = keras.utils.Progbar(steps_per_epoch, verbose=1 if cfg.runtime.progress else 0)
             if cfg.runtime.progress:
                 print(f"Epoch {epoch}/{cfg.train.epochs}")
             te = time.time()
-            telemetry_sum, telemetry_steps = {}, 0
-            for i, batch in enumerate(ds):
+            start = int(self.epoch_step.numpy())  # > 0: resumed from a checkpoint within this epoch
+            partial = json.loads(self.epoch_partial.numpy().decode() or "{}") if start else {}
+            loss_sum, telemetry_sum = partial.get("loss_sum", 0.0), partial.get("telemetry_sum", {})
+            telemetry_steps, seconds_before = start, partial.get("train_seconds", 0.0)
+            epoch_ds = train_dataset(self.split.train, cfg.data.max_len, cfg.train.batch_size, cfg.train.seed,
+                                     cfg.data.bucket_by_length, epoch=epoch)
+            for i, batch in enumerate(epoch_ds.skip(start) if start else epoch_ds, start=start):
                 out, telemetry = self._train_step(batch)
                 telemetry = {k: float(v) for k, v in telemetry.items()}
                 for k, v in telemetry.items():
                     telemetry_sum[k] = telemetry_sum.get(k, 0.0) + v
                 telemetry_steps += 1
                 loss_value = float(out)
+                loss_sum += loss_value
                 step += 1
                 if step % 50 == 0:
                     with self.writer.as_default():
@@ -420,12 +470,22 @@ class Trainer(EpochEndMixin):
                         for k, v in telemetry.items():
                             tf.summary.scalar(f"train/{k}", v, step=step)
                 bar.update(i + 1, [("loss", loss_value)])
+                if every and (i + 1) % every == 0 and i + 1 < steps_per_epoch:
+                    self.epoch_step.assign(i + 1)
+                    self.epoch_partial.assign(json.dumps({
+                        "loss_sum": loss_sum, "telemetry_sum": telemetry_sum,
+                        "train_seconds": seconds_before + time.time() - te}))
+                    self.manager.save(checkpoint_number=step)
             train_seconds += time.time() - te
-            train_examples += len(lengths)
+            train_examples += int(round(len(lengths) * (steps_per_epoch - start) / steps_per_epoch))
             self.epoch.assign(epoch)
-            record = {"epoch": epoch, "loss": loss_value, "train_seconds": round(time.time() - te, 2)}
+            self.epoch_step.assign(0)
+            self.epoch_partial.assign("")
+            record = {"epoch": epoch, "loss": round(loss_sum / max(telemetry_steps, 1), 6),
+                      "train_seconds": round(seconds_before + time.time() - te, 2)}
             self._add_telemetry(record, telemetry_sum, telemetry_steps, step)
-            if self._end_epoch(epoch, step, record, history, checkpoint_number=epoch):
+            # With checkpoints within epochs they are numbered by step (as in the PS trainer).
+            if self._end_epoch(epoch, step, record, history, checkpoint_number=step if every else epoch):
                 break
 
         return self._finish(train_seconds, train_examples, history)
