@@ -411,6 +411,24 @@ class Trainer(EpochEndMixin):
         self.model(dummy, training=False)
         self.optimizer.build(self.model.trainable_variables)
         del dummy
+        # Keras leaves the dropout layers' generators out of checkpoints; this one holds them
+        # (in the model's submodule order, the same in every process building this config).
+        self.checkpoint.dropout_rng = [
+            m._random_generator._generator for m in self.model.submodules
+            if getattr(getattr(m, "_random_generator", None), "_generator", None) is not None
+        ]
+
+    def _restore(self, path: str) -> None:
+        """Restores the latest checkpoint; one written before exact resume (no ``epoch_step``, no
+        random state) still restores its weights, optimizer and epoch, with a warning."""
+        names = {name.split("/")[0] for name, _ in tf.train.list_variables(path)}
+        if "epoch_step" in names:
+            self.checkpoint.restore(path).assert_existing_objects_matched()
+            return
+        logging.warning("%s predates exact resume: resuming after its epoch with fresh dropout random state "
+                        "(the run will not match an uninterrupted one exactly)", path)
+        tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, epoch=self.epoch, best_score=self.best_score,
+                            stale_evals=self.stale_evals).restore(path).assert_existing_objects_matched()
 
     # ------------------------------------------------------------------ loop
 
@@ -419,7 +437,7 @@ class Trainer(EpochEndMixin):
         t0 = time.time()
         self._build()
         if self.manager.latest_checkpoint:
-            self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+            self._restore(self.manager.latest_checkpoint)
             logging.info("resumed from %s (epoch %d, step %d of the next)", self.manager.latest_checkpoint,
                          int(self.epoch.numpy()), int(self.epoch_step.numpy()))
             saved = self._saved_metrics_if_finished()
