@@ -8,8 +8,10 @@
 # worker servers (python -m coco_tf.training.server) on free ports, then the chief
 # (python -m coco_tf.train --set runtime.strategy=ps), and stops every process it started when the
 # chief ends, when anything fails, or on Ctrl-C / SIGTERM. Logs: <model_dir>/logs/<task>.log.
-# Exit status: the chief's (0 ok, 2 bad config / TF_CONFIG, 3 cluster failure: run the same command
-# again to resume from the latest checkpoint in <model_dir>/ckpt).
+# Exit status: the chief's (0 ok or already finished, 2 bad config / data / TF_CONFIG, 3 cluster
+# failure or a task unreachable within runtime.cluster_connect_timeout: run the same command again to
+# resume from the latest checkpoint in <model_dir>/ckpt); 2 for a bad argument of this script;
+# 130 / 143 on Ctrl-C / SIGTERM.
 #
 # Security: TF's gRPC servers are unauthenticated and unencrypted. Everything listens on 127.0.0.1
 # unless --host says otherwise; put cluster ports on a private network only.
@@ -25,20 +27,24 @@ MODEL_DIR=""
 CONFIG=""
 SETS=()
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; }
+need_value() {  # flag, number of arguments left
+  [[ $2 -ge 2 ]] || { echo "run_cluster.sh: $1 needs a value" >&2; usage >&2; exit 2; }
+}
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --workers) WORKERS="$2"; shift 2 ;;
-    --ps) PS="$2"; shift 2 ;;
-    --host) HOST="$2"; shift 2 ;;
-    --model_dir) MODEL_DIR="$2"; shift 2 ;;
-    --config) CONFIG="$2"; shift 2 ;;
-    --set) SETS+=("$2"); shift 2 ;;
+    --workers) need_value "$1" $#; WORKERS="$2"; shift 2 ;;
+    --ps) need_value "$1" $#; PS="$2"; shift 2 ;;
+    --host) need_value "$1" $#; HOST="$2"; shift 2 ;;
+    --model_dir) need_value "$1" $#; MODEL_DIR="$2"; shift 2 ;;
+    --config) need_value "$1" $#; CONFIG="$2"; shift 2 ;;
+    --set) need_value "$1" $#; SETS+=("$2"); shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run_cluster.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
   esac
 done
-[[ "$WORKERS" =~ ^[1-9][0-9]*$ ]] || { echo "run_cluster.sh: --workers N (N >= 1) is required" >&2; exit 2; }
+[[ -n "$WORKERS" ]] || { echo "run_cluster.sh: --workers N (N >= 1) is required" >&2; usage >&2; exit 2; }
+[[ "$WORKERS" =~ ^[1-9][0-9]*$ ]] || { echo "run_cluster.sh: --workers N (N >= 1) is required, got '$WORKERS'" >&2; exit 2; }
 [[ "$PS" =~ ^[1-9][0-9]*$ ]] || { echo "run_cluster.sh: --ps must be >= 1, got '$PS'" >&2; exit 2; }
 MODEL_DIR="${MODEL_DIR:-runs/ps_w${WORKERS}}"
 LOGS="$MODEL_DIR/logs"

@@ -32,6 +32,7 @@ that already finished is left as it is (:attr:`Trainer.already_finished`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -60,6 +61,20 @@ def write_json(path: str, obj, indent: int) -> None:
     with open(path + ".tmp", "w") as fh:
         json.dump(obj, fh, indent=indent)
     os.replace(path + ".tmp", path)
+
+
+@contextlib.contextmanager
+def generator_rng():
+    """Keras layers made inside draw their random numbers from a ``tf.random.Generator`` (state in
+    a variable, so it can be checkpointed) instead of stateful random ops; the flag is global in
+    Keras and is put back afterwards."""
+    was = keras.backend.experimental.is_tf_random_generator_enabled()
+    keras.backend.experimental.enable_tf_random_generator()
+    try:
+        yield
+    finally:
+        if not was:
+            keras.backend.experimental.disable_tf_random_generator()
 
 
 def make_optimizer(cfg: Config) -> keras.optimizers.Optimizer:
@@ -309,16 +324,16 @@ class Trainer(EpochEndMixin):
         keras.utils.set_random_seed(cfg.train.seed)
         if cfg.runtime.deterministic:
             tf.config.experimental.enable_op_determinism()
-        # Dropout draws from a tf.random.Generator per layer (seeded from train.seed), whose state
-        # is a variable of the model and so in every checkpoint: a resumed run draws the masks the
-        # uninterrupted one would have drawn.
-        keras.backend.experimental.enable_tf_random_generator()
         dump_config(cfg, os.path.join(self.model_dir, "config.yaml"))
 
         self.dataset, self.split = load_and_split(cfg, dataset)
         inputs = model_inputs(cfg, self.dataset, self.split, self.model_dir)
         self.llm_assets = inputs["llm_assets"]
-        self.model = build_model(cfg, self.dataset.num_items, **inputs)
+        # Dropout layers built here draw from a tf.random.Generator each (seeded from train.seed),
+        # whose state goes into every checkpoint (``_build``): a resumed run draws the masks the
+        # uninterrupted one would have drawn. (Only for this model: the flag is global in Keras.)
+        with generator_rng():
+            self.model = build_model(cfg, self.dataset.num_items, **inputs)
         self.optimizer = make_optimizer(cfg)
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.best_score = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_score")
@@ -408,7 +423,8 @@ class Trainer(EpochEndMixin):
     def _build(self):
         """Creates model and optimizer variables so that a checkpoint can restore into them."""
         dummy = {"history": tf.ones([1, 2], tf.int64), "targets": tf.ones([1, 2], tf.int64)}
-        self.model(dummy, training=False)
+        with generator_rng():  # layers that make their dropout at the first call (attention)
+            self.model(dummy, training=False)
         self.optimizer.build(self.model.trainable_variables)
         del dummy
         # Keras leaves the dropout layers' generators out of checkpoints; this one holds them
