@@ -17,11 +17,14 @@ parameter-server cluster described by ``TF_CONFIG`` (ps and worker tasks run
 all. Exit status: 0 done (or already finished: a rerun of a finished run
 changes nothing), 2 bad config/data/TF_CONFIG, 3 the cluster failed or could
 not be reached within runtime.cluster_connect_timeout (relaunch with the same
-model_dir to resume from the latest checkpoint).
+model_dir to resume from the latest checkpoint), 4 the output directory could
+not be written (disk full, no permission: the latest checkpoint and the JSON
+files are still the previous, complete ones; free space and rerun to resume).
 """
 
 from __future__ import annotations
 
+import errno
 import sys
 
 import coco_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
@@ -35,6 +38,25 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, "YAML file of config overrides.")
 flags.DEFINE_multi_string("set", [], "Override a config key: dotted.key=value (repeatable).")
 flags.DEFINE_string("model_dir", None, "Output directory (overrides runtime.model_dir).")
+
+
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM)
+
+
+def write_failure(e: BaseException):
+    """A one-line message if ``e`` is a failure to write the output directory (disk full, quota,
+    permission, read-only), else ``None``."""
+    if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:
+        return f"{e.strerror}: {e.filename}" if e.filename else str(e)
+    import tensorflow as tf
+
+    text = str(getattr(e, "message", e))
+    if isinstance(e, (tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError)) or (
+        isinstance(e, tf.errors.OpError) and ("No space left" in text or "Read-only file system" in text)
+    ):
+        if "No space left" in text or "Permission denied" in text or "Read-only" in text:
+            return text.split("[Op:")[0].split("}}")[-1].strip()
+    return None
 
 
 def main(argv):
@@ -75,6 +97,14 @@ def main(argv):
     except TFConfigError as e:
         print(f"TF_CONFIG error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001  (only write failures are handled here)
+        message = write_failure(e)
+        if message is None:
+            raise
+        print(f"write error: could not write to {cfg.runtime.model_dir} ({message}). The latest checkpoint "
+              "and history.json / metrics.json are still the previous, complete ones; free space (or fix "
+              "the permissions) and run the same command again to resume.", file=sys.stderr)
+        return 4
     except (DataError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

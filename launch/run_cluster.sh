@@ -10,7 +10,8 @@
 # chief ends, when anything fails, or on Ctrl-C / SIGTERM. Logs: <model_dir>/logs/<task>.log.
 # Exit status: the chief's (0 ok or already finished, 2 bad config / data / TF_CONFIG, 3 cluster
 # failure or a task unreachable within runtime.cluster_connect_timeout: run the same command again to
-# resume from the latest checkpoint in <model_dir>/ckpt); 2 for a bad argument of this script;
+# resume from the latest checkpoint in <model_dir>/ckpt), 4 <model_dir> could not be written (disk
+# full, permissions: free space and run again to resume); 2 for a bad argument of this script;
 # 130 / 143 on Ctrl-C / SIGTERM.
 #
 # Security: TF's gRPC servers are unauthenticated and unencrypted. Everything listens on 127.0.0.1

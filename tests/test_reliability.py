@@ -163,3 +163,57 @@ def test_cpu_machine_start_is_quiet():
     assert proc.returncode == 0 and proc.stdout.strip() == "ok"
     assert "cuInit" not in proc.stderr and "E0000" not in proc.stderr
     assert proc.stderr.strip() == "real error"
+
+
+# ----------------------------------------------------------------- disk full: exit 4, resumable
+
+
+def test_write_json_failure_keeps_previous_file(tmp_path, monkeypatch):
+    import errno
+
+    from coco_tf.training import trainer as trainer_module
+
+    path = str(tmp_path / "history.json")
+    trainer_module.write_json(path, [{"epoch": 1}], indent=1)
+
+    def full(obj, fh, **kw):
+        fh.write('[{"epo')
+        raise OSError(errno.ENOSPC, "No space left on device", path + ".tmp")
+
+    monkeypatch.setattr(trainer_module.json, "dump", full)
+    with pytest.raises(OSError):
+        trainer_module.write_json(path, [{"epoch": 1}, {"epoch": 2}], indent=1)
+    assert json.load(open(path)) == [{"epoch": 1}] and not os.path.exists(path + ".tmp")
+
+
+def _mount_tmpfs(path, size):
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return False
+    os.makedirs(path, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+def test_disk_full_while_checkpointing_exits_4_and_resumes(tmp_path):
+    mnt = tmp_path / "small"
+    if not _mount_tmpfs(mnt, "300k"):
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        model_dir = mnt / "run"
+        overrides = TINY + ["train.epochs=6"]
+        proc = run_cli(*_sets(overrides), "--model_dir", str(model_dir))
+        assert proc.returncode == 4, proc.stderr[-2000:]
+        assert "write error: could not write to" in proc.stderr and "No space left on device" in proc.stderr
+        assert "Traceback" not in proc.stderr
+        import tensorflow as tf
+
+        latest = tf.train.latest_checkpoint(str(model_dir / "ckpt"))
+        assert latest is not None
+        done = [h["epoch"] for h in json.load(open(model_dir / "history.json"))]
+        assert done and done == list(range(1, len(done) + 1)) and len(done) < 6
+        subprocess.run(["mount", "-o", "remount,size=8m", str(mnt)], check=True)
+        proc = run_cli(*_sets(overrides), "--model_dir", str(model_dir))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert [h["epoch"] for h in json.load(open(model_dir / "history.json"))] == [1, 2, 3, 4, 5, 6]
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)

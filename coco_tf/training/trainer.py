@@ -58,8 +58,13 @@ SELECTION_METRIC = "ndcg@10"
 def write_json(path: str, obj, indent: int) -> None:
     """Writes ``obj`` to ``path`` through a temporary file and a rename, so a run killed mid-write
     leaves the previous, readable file (a resume reads history.json; the grid reads metrics.json)."""
-    with open(path + ".tmp", "w") as fh:
-        json.dump(obj, fh, indent=indent)
+    try:
+        with open(path + ".tmp", "w") as fh:
+            json.dump(obj, fh, indent=indent)
+    except BaseException:  # disk full, interrupted: drop the partial copy, keep the old file
+        if os.path.exists(path + ".tmp"):
+            os.remove(path + ".tmp")
+        raise
     os.replace(path + ".tmp", path)
 
 
@@ -237,8 +242,10 @@ class EpochEndMixin:
         stop = self._validate(epoch, step, record)
         record["wall_seconds"] = self._wall_seconds()
         history.append(record)
-        self.manager.save(checkpoint_number=checkpoint_number)
+        # history.json first: if the checkpoint then fails (disk full, kill), the resumed run drops
+        # the record of the epoch it redoes (_load_history); the other order would lose it.
         write_json(self.history_path, history, indent=1)
+        self.manager.save(checkpoint_number=checkpoint_number)
         self.writer.flush()
         if stop:
             logging.info("early stopping after epoch %d", epoch)
@@ -278,6 +285,8 @@ class EpochEndMixin:
                 except json.JSONDecodeError as e:
                     raise DataError(self.history_path, f"not valid JSON ({e.msg}); move it aside to resume "
                                     "without the finished epochs' records", line=e.lineno) from None
+        # Only the epochs the restored checkpoint includes (a save that failed after its record).
+        history = [h for h in history if h.get("epoch", 0) <= int(self.epoch.numpy())]
         self._t0 = t0
         self._wall_before = float(history[-1].get("wall_seconds", 0.0)) if history else 0.0
         return history
