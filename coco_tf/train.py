@@ -97,6 +97,9 @@ def main(argv):
     except TFConfigError as e:
         print(f"TF_CONFIG error: {e}", file=sys.stderr)
         return 2
+    except (DataError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except Exception as e:  # noqa: BLE001  (only write failures are handled here)
         message = write_failure(e)
         if message is None:
@@ -105,9 +108,6 @@ def main(argv):
               "and history.json / metrics.json are still the previous, complete ones; free space (or fix "
               "the permissions) and run the same command again to resume.", file=sys.stderr)
         return 4
-    except (DataError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     metrics_path = f"{cfg.runtime.model_dir}/metrics.json"
     if trainer.already_finished:
         print(f"run {cfg.runtime.model_dir} already finished ({result['epochs_run']} epochs, best epoch "
