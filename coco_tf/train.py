@@ -19,7 +19,8 @@ changes nothing), 2 bad config/data/TF_CONFIG, 3 the cluster failed or could
 not be reached within runtime.cluster_connect_timeout (relaunch with the same
 model_dir to resume from the latest checkpoint), 4 the output directory could
 not be written (disk full, no permission: the latest checkpoint and the JSON
-files are still the previous, complete ones; free space and rerun to resume).
+files are still the previous, complete ones; free space and rerun to resume),
+130 interrupted (Ctrl-C; rerun to resume).
 """
 
 from __future__ import annotations
@@ -100,6 +101,11 @@ def main(argv):
     except (DataError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: run the same command again to resume {cfg.runtime.model_dir} from its latest "
+              "checkpoint (the end of the last finished epoch, or train.checkpoint_every_steps within one)",
+              file=sys.stderr)
+        return 130
     except Exception as e:  # noqa: BLE001  (only write failures are handled here)
         message = write_failure(e)
         if message is None:
