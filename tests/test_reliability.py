@@ -217,3 +217,44 @@ def test_disk_full_while_checkpointing_exits_4_and_resumes(tmp_path):
         assert [h["epoch"] for h in json.load(open(model_dir / "history.json"))] == [1, 2, 3, 4, 5, 6]
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+# ----------------------------------------------------------------- Ctrl-C: exit 130; old checkpoints
+
+
+def test_ctrl_c_exits_130_saying_how_to_resume(tmp_path):
+    import signal
+
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "coco_tf.train", *_sets(TINY + ["train.epochs=500"]),
+                             "--model_dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=ROOT)
+    try:
+        t0 = time.time()
+        while not (tmp_path / "tensorboard").exists() and time.time() - t0 < 120 and proc.poll() is None:
+            time.sleep(0.2)  # the trainer is built: training starts
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted: run the same command again to resume" in err and "Traceback" not in err
+
+
+def test_checkpoint_from_before_exact_resume_still_resumes(tmp_path):
+    import tensorflow as tf
+
+    overrides = TINY + [f"runtime.model_dir={tmp_path}"]
+    old = Trainer(load_config(overrides=overrides + ["train.epochs=1"]))
+    old._build()
+    old.epoch.assign(1)
+    manager = tf.train.CheckpointManager(  # the checkpoint layout before issue #20
+        tf.train.Checkpoint(model=old.model, optimizer=old.optimizer, epoch=old.epoch,
+                            best_score=old.best_score, stale_evals=old.stale_evals),
+        str(tmp_path / "ckpt"), max_to_keep=3)
+    manager.save(checkpoint_number=1)
+    result = Trainer(load_config(overrides=overrides + ["train.epochs=2"])).run()
+    assert result["epochs_run"] == 2
+    assert [h["epoch"] for h in json.load(open(tmp_path / "history.json"))] == [2]
