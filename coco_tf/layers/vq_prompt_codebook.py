@@ -18,6 +18,13 @@ LLM's input-embedding space, next to ``num_shared_prompts`` shared prompts
    and ``commitment = ‖e_u − sg(z_k)‖²`` (moves only e_u), squared errors averaged
    over the d_llm dimensions and the batch; ``L_Q = codebook + commitment_cost · commitment``.
 
+Usage term (our addition, ``coco.usage_weight``; 0 is the paper's loss): with the
+soft assignment ``p_b = softmax(cos(e_u, z) / t)`` ``[B, K]`` and its batch mean
+``p̄``, ``usage = log K − H(p̄)`` (0 when the batch spreads evenly over the K codewords,
+``log K`` when every user sits on one). Without it the nearest-code histogram
+collapses to one or two codewords within a few epochs (docs/results.md §7), so the
+"personal" prompts are one global prompt. It is a gradient term, like the rest.
+
 The codebook is trained by gradients only: nothing in ``call`` assigns to a
 variable (an ``assign`` inside ``call`` is unsafe under asynchronous
 parameter-server updates, DESIGN §3). The hard selection passes no gradient to
@@ -146,6 +153,7 @@ class VQPromptCodebook(keras.layers.Layer):
         max_prompts: int, m_max (capped at K).
         selection: ``"cosine"`` or ``"softmax"``.
         commitment_cost: float, weight of the commitment term (0.25).
+        usage_temperature: float, t of the usage term's soft assignment.
         trainable_prompts: bool; False freezes codebook and shared prompts (the
             ``soft`` ablation: fixed structured prompts).
         initial_codebook: optional array ``[K, d_llm]``.
@@ -159,7 +167,7 @@ class VQPromptCodebook(keras.layers.Layer):
         ``prompt_mask`` bool ``[B, S + m]``, ``selected_indices`` int32 ``[B, m]``,
         ``selected_mask`` bool ``[B, m]``, ``num_selected`` int32 ``[B]``,
         ``scores`` ``[B, K]``, ``nearest`` int32 ``[B]``, and scalars
-        ``codebook_loss``, ``commitment_loss``, ``vq_loss``.
+        ``codebook_loss``, ``commitment_loss``, ``vq_loss``, ``usage_loss``.
 
     Example:
 
@@ -178,6 +186,7 @@ class VQPromptCodebook(keras.layers.Layer):
         max_prompts: int = 32,
         selection: str = "cosine",
         commitment_cost: float = 0.25,
+        usage_temperature: float = 0.1,
         trainable_prompts: bool = True,
         initial_codebook=None,
         initial_shared=None,
@@ -193,6 +202,7 @@ class VQPromptCodebook(keras.layers.Layer):
         self.max_prompts = int(max_prompts)
         self.selection = selection
         self.commitment_cost = float(commitment_cost)
+        self.usage_temperature = float(usage_temperature)
         self.trainable_prompts = bool(trainable_prompts)
         self.initial_codebook = None if initial_codebook is None else np.asarray(initial_codebook, np.float32)
         self.initial_shared = None if initial_shared is None else np.asarray(initial_shared, np.float32)
@@ -241,7 +251,12 @@ class VQPromptCodebook(keras.layers.Layer):
         z_k = tf.gather(z, nearest)
         codebook_loss = tf.reduce_mean(tf.square(tf.stop_gradient(e_u) - z_k))
         commitment_loss = tf.reduce_mean(tf.square(e_u - tf.stop_gradient(z_k)))
+        soft = tf.nn.softmax(cos / self.usage_temperature, axis=-1)  # [B, K]
+        mean_soft = tf.reduce_mean(soft, axis=0)
+        usage_loss = tf.math.log(float(self.codebook_size)) + tf.reduce_sum(
+            mean_soft * tf.math.log(tf.maximum(mean_soft, 1e-12)))
         return {
+            "usage_loss": usage_loss,
             "prompts": prompts,
             "prompt_mask": prompt_mask,
             "selected_indices": top_idx,
@@ -265,6 +280,7 @@ class VQPromptCodebook(keras.layers.Layer):
                 "max_prompts": self.max_prompts,
                 "selection": self.selection,
                 "commitment_cost": self.commitment_cost,
+                "usage_temperature": self.usage_temperature,
                 "trainable_prompts": self.trainable_prompts,
                 "initial_codebook": None if self.initial_codebook is None else self.initial_codebook.tolist(),
                 "initial_shared": None if self.initial_shared is None else self.initial_shared.tolist(),

@@ -83,7 +83,9 @@ class CoCoModel(UserLevelRetrievalModel):
         initial_codebook, initial_shared: optional init arrays (``None``: random).
         ablation: ``none | soft | dec | con``.
         fusion: ``attention | mlp | concat``.
-        alpha, beta, gamma: eq. 11 weights.
+        alpha, beta, gamma: eq. 11 weights (alpha: the backbone's own objective).
+        usage_weight, usage_temperature: the codebook usage term (``VQPromptCodebook``; 0: none).
+        zero_init: the alignment's last projection starts at zero (``h_aligned == h_RS`` at init).
         decoupling_heads: heads of the eq. 5 attention.
         decision_override: ``None`` (eq. 8) or a constant 0.0 / 1.0 for M (tests,
             diagnostics).
@@ -104,9 +106,12 @@ class CoCoModel(UserLevelRetrievalModel):
         initial_shared=None,
         ablation: str = "none",
         fusion: str = "attention",
-        alpha: float = 0.2,
+        alpha: float = 1.0,
         beta: float = 0.15,
         gamma: float = 0.25,
+        usage_weight: float = 0.0,
+        usage_temperature: float = 0.1,
+        zero_init: bool = True,
         decoupling_heads: int = 4,
         decision_override=None,
         **kwargs,
@@ -120,6 +125,7 @@ class CoCoModel(UserLevelRetrievalModel):
         self.fusion = fusion
         self.beta = float(beta)
         self.gamma = float(gamma)
+        self.usage_weight = float(usage_weight)
         self.decision_override = None if decision_override is None else float(decision_override)
         self.trim_prompt_slots = bool(trim_prompt_slots)
         self.llm = llm
@@ -133,6 +139,7 @@ class CoCoModel(UserLevelRetrievalModel):
             threshold=threshold,
             max_prompts=max_prompts,
             selection=selection,
+            usage_temperature=usage_temperature,
             trainable_prompts=ablation != "soft",
             initial_codebook=initial_codebook,
             initial_shared=initial_shared,
@@ -143,7 +150,8 @@ class CoCoModel(UserLevelRetrievalModel):
             self.text_dim, num_heads=heads, mode="mean_pool" if ablation == "dec" else "cross_attention",
             name="decoupling",
         )
-        self.alignment = SemanticBehavioralAlignment(self.embedding_dim, fusion=fusion, name="alignment")
+        self.alignment = SemanticBehavioralAlignment(self.embedding_dim, fusion=fusion, zero_init=zero_init,
+                                                     name="alignment")
         self.gradient_mask = ContradictionGradientMask(name="contradiction_mask")
 
     def _align(self, h_rs, h_prompt, h_mix, mix_mask, prompt_mask, training):
@@ -199,6 +207,8 @@ class CoCoModel(UserLevelRetrievalModel):
 
         losses["ortho"] = (self.beta, orthogonality_loss(self.codebook.codebook))
         losses["vq"] = (self.gamma, sel["vq_loss"])
+        if self.usage_weight:
+            losses["usage"] = (self.usage_weight, sel["usage_loss"])
         metrics["loss/vq_codebook"] = sel["codebook_loss"]
         metrics["loss/vq_commitment"] = sel["commitment_loss"]
         num_selected = tf.cast(sel["num_selected"], tf.float32)

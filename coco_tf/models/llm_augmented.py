@@ -46,7 +46,7 @@ def random_prefix(history: tf.Tensor, seed=None):
 class UserLevelRetrievalModel(SequentialRetrievalModel):
     """Base: backbone → h_RS → (subclass) → user vector, loss ``L_r + α·L_aux + extras``."""
 
-    def __init__(self, num_items: int, item_text_table, alpha: float = 0.2, user_position: str = "last", **kwargs):
+    def __init__(self, num_items: int, item_text_table, alpha: float = 1.0, user_position: str = "last", **kwargs):
         super().__init__(num_items=num_items, item_text_table=item_text_table, **kwargs)
         if user_position not in ("last", "random"):
             raise ValueError(f"config key 'coco.user_position': must be one of last, random; got {user_position!r}")
@@ -75,6 +75,17 @@ class UserLevelRetrievalModel(SequentialRetrievalModel):
         if self.task.loss == "in_batch":
             return self.task(queries, target_ids, candidates=self.candidate_embeddings(target_ids))
         return self.task(queries, target_ids, self.item_table())
+
+    def base_user(self, history, training=None):
+        """``h_RS`` ``[B, d]``: the backbone's user vector alone (the base stage's ranking; with
+        ``zero_init`` an untrained LLM branch gives ``call`` exactly this)."""
+        return self._encode(history, training)[1]
+
+    def base_loss_and_metrics(self, features, training=False):
+        """The base stage's objective: the backbone's own, as the plain retrieval model trains it
+        (same per-position loss and normaliser); the LLM branch is not run."""
+        loss = super().compute_loss(features, training=training)
+        return loss, {"loss/aux": loss, "loss/total": loss}
 
     def compute_loss_and_metrics(self, features, training=False):
         """``(total loss, {name: scalar})`` — every loss term and the model's telemetry."""

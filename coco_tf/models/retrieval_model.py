@@ -207,6 +207,7 @@ def build_model(
             llm=llm_assets.make_decoder(lora_rank=0),
             prompt_vectors=llm_assets.kar_prompts,
             alpha=c.alpha,
+            zero_init=c.zero_init,
             user_position=c.user_position,
             name="kar_retrieval",
         )
@@ -230,5 +231,8 @@ def build_model(
         user_position=c.user_position,
         beta=c.beta,
         gamma=c.gamma,
+        usage_weight=c.usage_weight,
+        usage_temperature=c.usage_temperature,
+        zero_init=c.zero_init,
         name="coco_retrieval",
     )
