@@ -10,7 +10,17 @@ One training example (one user; B users per batch; shapes for the tiny config)::
     h_pure = SemanticDecoupling(h_prompt, h_mix) (eq. 5)                [B, P, d_llm]
     h_aligned = SemanticBehavioralAlignment(h_RS, h_pure) (eq. 7)       [B, d]
     M = 1[cos(h_aligned, v_t) > cos(h_RS, v_t)] (eq. 8)                 [B]
-    L = L_r(h_aligned) + α·L_aux(h_RS) + β·L_ortho + γ·L_Q               (eq. 11)
+    L = L_r(h_aligned) + α·L_aux(h_RS) + β·L_ortho + γ·L_Q [+ w·L_usage]  (eq. 11)
+
+"The LLM branch can only add" (our readings, each a config switch; the paper's values kept):
+
+* ``coco.zero_init`` (default true): the alignment's last projection starts at zero,
+  so an untrained CoCo ranks exactly as its backbone (``layers/alignment.py``);
+* ``coco.alpha`` = 1 (paper 0.2): ``L_aux`` is the backbone's full dense objective;
+* ``coco.base_epochs`` / ``coco.init_from``: the backbone first trains alone (or comes
+  from a trained base run) and the branch joins from there (``training/trainer.py``);
+* ``coco.usage_weight`` (default 0.1; paper 0): a codebook usage term against collapse
+  (``layers/vq_prompt_codebook.py``).
 
 Choices (the DESIGN §3 readings, plus):
 

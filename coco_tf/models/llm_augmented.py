@@ -16,6 +16,12 @@ item table, backbone and retrieval task; nothing duplicated) with
   "base + LLM branch" and the backbone keeps the full training signal. The
   paper's L_aux is InfoNCE on h_RS; ours covers the user-level position too.
 
+The loss is ``L_r + α·L_aux + extras`` with ``α = coco.alpha`` (default 1: the
+backbone's objective at full weight; the paper's 0.2 made the backbone of our strong
+full-softmax SASRec half as good as the base, docs/results.md §7). During a base
+stage (``coco.base_epochs``) the trainer uses :meth:`base_loss_and_metrics` and ranks
+by :meth:`base_user` instead: the LLM branch is not run.
+
 Subclasses implement ``user_vector(history, h_rs, states, training, target_ids)``
 returning ``(user [B, d], extra_losses: dict, metrics: dict)``.
 """
