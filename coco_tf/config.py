@@ -161,6 +161,11 @@ class CoCoConfig:
         "kar/coco: a finished base run's model_dir; its best checkpoint's backbone and item table start "
         "this run (its config must have the same backbone shape), and there is no base stage",
     )
+    rec_to_backbone: bool = _field(
+        True,
+        "kar/coco: the user-level loss L_r (and CoCo's VQ terms) also train the backbone (the paper: end to "
+        "end); false: the backbone learns from its own objective only and L_r trains the LLM branch alone",
+    )
     usage_weight: float = _field(
         0.1,
         "weight of the codebook usage term: log K minus the entropy of the batch's mean soft assignment "

@@ -130,6 +130,22 @@ def test_forward_shapes_telemetry_and_trainable_sets():
     assert {id(v) for v in llm_trainable} == {id(v) for v in model.llm.lora_variables}
 
 
+@pytest.mark.parametrize("rec_to_backbone", [True, False])
+def test_rec_to_backbone_false_keeps_the_user_level_terms_off_the_backbone(rec_to_backbone):
+    model = _coco(rec_to_backbone=rec_to_backbone)
+    features = _features()
+    model.compute_loss_and_metrics(features, training=True)  # builds every variable
+    backbone = [v for v in model.backbone.trainable_variables if "item_embedding" not in v.name]
+    branch = model.alignment.trainable_variables + model.llm.lora_variables
+    with tf.GradientTape() as tape:
+        _, metrics = model.compute_loss_and_metrics(features, training=True)
+        user_level = metrics["loss/total"] - model.alpha * metrics["loss/aux"]
+    grads = tape.gradient(user_level, backbone + branch)
+    backbone_norm, branch_norm = _norm(grads[:len(backbone)]), _norm(grads[len(backbone):])
+    assert branch_norm > 0
+    assert (backbone_norm > 0) == rec_to_backbone
+
+
 @pytest.mark.parametrize("ablation", ["soft", "dec", "con"])
 def test_ablations_change_what_trains(ablation):
     model = _coco(ablation=ablation)

@@ -113,6 +113,10 @@ def test_init_from_restores_the_base_run_and_checks_its_shape(tmp_path):
     for k, v in base_result["test"].items():
         assert got[k] == pytest.approx(v, abs=1e-6), k
 
+    # The warm start is validated and kept as best checkpoint 0.
+    assert coco.warm_start_record["valid"] == pytest.approx(base_result["valid"], abs=1e-6)
+    assert coco.best_manager.latest_checkpoint.endswith("-0")
+
     wrong = _trainer(tmp_path, "wrong", "coco.method=coco", f"coco.init_from={tmp_path / 'base'}",
                      "model.embedding_dim=8", epochs=1)
     wrong._build()

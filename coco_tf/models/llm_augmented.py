@@ -16,6 +16,10 @@ item table, backbone and retrieval task; nothing duplicated) with
   "base + LLM branch" and the backbone keeps the full training signal. The
   paper's L_aux is InfoNCE on h_RS; ours covers the user-level position too.
 
+``rec_to_backbone=False`` (``coco.rec_to_backbone``) stops the user-level terms' gradient at
+``h_RS``: the backbone then trains exactly as the base model does, and ``L_r`` (and the VQ
+terms) train the LLM branch alone — the branch adds to a backbone it cannot disturb.
+
 The loss is ``L_r + α·L_aux + extras`` with ``α = coco.alpha`` (default 1: the
 backbone's objective at full weight; the paper's 0.2 made the backbone of our strong
 full-softmax SASRec half as good as the base, docs/results.md §7). During a base
@@ -52,8 +56,10 @@ def random_prefix(history: tf.Tensor, seed=None):
 class UserLevelRetrievalModel(SequentialRetrievalModel):
     """Base: backbone → h_RS → (subclass) → user vector, loss ``L_r + α·L_aux + extras``."""
 
-    def __init__(self, num_items: int, item_text_table, alpha: float = 1.0, user_position: str = "last", **kwargs):
+    def __init__(self, num_items: int, item_text_table, alpha: float = 1.0, user_position: str = "last",
+                 rec_to_backbone: bool = True, **kwargs):
         super().__init__(num_items=num_items, item_text_table=item_text_table, **kwargs)
+        self.rec_to_backbone = bool(rec_to_backbone)
         if user_position not in ("last", "random"):
             raise ValueError(f"config key 'coco.user_position': must be one of last, random; got {user_position!r}")
         self.alpha = float(alpha)
@@ -105,6 +111,8 @@ class UserLevelRetrievalModel(SequentialRetrievalModel):
         else:
             at = last_valid_index(history != 0)
         target_ids = tf.gather(targets, at, batch_dims=1)  # [B] the next item of that position
+        if not self.rec_to_backbone:  # the backbone learns from its own objective only
+            seen_states, seen_rs = tf.stop_gradient(seen_states), tf.stop_gradient(seen_rs)
         user, extra_losses, metrics = self.user_vector(seen, seen_rs, seen_states, training=training,
                                                        target_ids=target_ids)
 

@@ -209,6 +209,7 @@ def build_model(
             alpha=c.alpha,
             zero_init=c.zero_init,
             user_position=c.user_position,
+            rec_to_backbone=c.rec_to_backbone,
             name="kar_retrieval",
         )
     from coco_tf.models.coco_model import CoCoModel
@@ -234,5 +235,6 @@ def build_model(
         usage_weight=c.usage_weight,
         usage_temperature=c.usage_temperature,
         zero_init=c.zero_init,
+        rec_to_backbone=c.rec_to_backbone,
         name="coco_retrieval",
     )

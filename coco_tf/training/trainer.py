@@ -271,12 +271,20 @@ class EpochEndMixin:
         return not bool(self.branch_joined.numpy())
 
     def _start_run(self) -> None:
-        """A new run (no checkpoint of its own): ``coco.init_from``'s weights, if set."""
-        if self.cfg.coco.init_from:
-            path = warm_start(self.model, self.cfg)
-            logging.info("coco.init_from: started from %s", path)
-            if self.cfg.runtime.progress:
-                print(f"started from {path} (coco.init_from)", flush=True)
+        """A new run (no checkpoint of its own): ``coco.init_from``'s weights, if set. The warm-started
+        model is validated and saved as best checkpoint 0, so that the run's best epoch is never
+        below where it started (``metrics.json`` ``best_epoch`` 0: no epoch improved on it)."""
+        if not self.cfg.coco.init_from:
+            return
+        path = warm_start(self.model, self.cfg)
+        valid = self.evaluator.evaluate(self.split.valid)
+        self.best_score.assign(valid[SELECTION_METRIC])
+        self.best_manager.save(checkpoint_number=0)
+        self.warm_start_record = {"from": path, "valid": valid}
+        logging.info("coco.init_from: started from %s (valid %s)", path, valid)
+        if self.cfg.runtime.progress:
+            print(f"started from {path} (coco.init_from): valid {SELECTION_METRIC}="
+                  f"{valid[SELECTION_METRIC]:.4f}", flush=True)
 
     def _maybe_join(self, epoch: int, record: Dict) -> None:
         """Ends the base stage when it is due (its epochs are spent, or validation stalled for
@@ -312,6 +320,8 @@ class EpochEndMixin:
 
     def _end_epoch(self, epoch: int, step: int, record: Dict, history: list, checkpoint_number: int) -> bool:
         """Validates, appends the epoch to history.json, checkpoints; returns whether to stop early."""
+        if getattr(self, "warm_start_record", None) and not history:
+            record["warm_start"] = self.warm_start_record
         stop = self._validate(epoch, step, record)
         if self.in_base_stage():  # a stalled base stage hands over to the branch instead of stopping
             stop = False
