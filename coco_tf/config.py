@@ -151,8 +151,9 @@ class CoCoConfig:
     )
     zero_init: bool = _field(
         True,
-        "the LLM branch's last projection (CoCo's alignment, KAR's fusion) starts at zero, so that at "
-        "initialisation the model ranks exactly as its backbone (false: the paper's random init)",
+        "every LLM-knowledge path starts at zero: the LLM branch's last projection (CoCo's alignment, KAR's "
+        "fusion) and model.item_text's text projection, so that at initialisation the model ranks as its "
+        "backbone on id embeddings alone (false: random init, the paper's reading)",
     )
     base_epochs: int = _field(
         10,
@@ -163,7 +164,7 @@ class CoCoConfig:
     base_patience: int = _field(2, "kar/coco base stage: evaluations without a better validation NDCG@10 that end it")
     init_from: str = _field(
         "",
-        "kar/coco: a finished base run's model_dir; its best checkpoint's backbone and item table start "
+        "a finished run's model_dir (normally a base run); its best checkpoint's backbone and item table start "
         "this run (its config must have the same backbone shape), and there is no base stage",
     )
     rec_to_backbone: bool = _field(

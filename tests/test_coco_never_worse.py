@@ -64,6 +64,22 @@ def test_untrained_branch_ranks_exactly_as_the_backbone(tmp_path, method):
     assert np.abs(paper.model({"history": history}, training=False).numpy() - u_base.numpy()).max() > 1e-3
 
 
+def test_item_text_candidates_start_as_the_id_embeddings(tmp_path):
+    """model.item_text with the zero-initialised text projection: every seen item scores as in base."""
+    base = _trainer(tmp_path, "base", "coco.method=base", "model.dropout=0.0")
+    text = _trainer(tmp_path, "text", "coco.method=base", "model.item_text=true", "model.dropout=0.0")
+    base._build()
+    text._build()
+    path = tf.train.Checkpoint(model=base.model).save(str(tmp_path / "base_ckpt" / "ckpt"))
+    tf.train.Checkpoint(model=text.model).restore(path).expect_partial()
+    history = tf.constant(_pad(text.split.test.histories, 8), tf.int64)
+    seen = text.model.item_seen.numpy()[:, 0] > 0
+    s_base = base.model.score_all(base.model({"history": history})).numpy()[:, seen]
+    s_text = text.model.score_all(text.model({"history": history})).numpy()[:, seen]
+    np.testing.assert_array_equal(s_text, s_base)
+    assert float(np.abs(text.model.text_projection.kernel.numpy()).max()) == 0.0
+
+
 def _pad(histories, max_len):
     out = np.zeros([len(histories), max_len], np.int64)
     for i, h in enumerate(histories):
