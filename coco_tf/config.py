@@ -129,7 +129,12 @@ class CoCoConfig:
     num_shared_prompts: int = _field(2, "shared prompts z_share placed before the private ones")
     threshold: float = _field(0.45, "theta, the selection threshold")
     max_prompts: int = _field(32, "m_max, at most this many private prompts per user")
-    selection: str = _field("cosine", "selection rule", choices=("cosine", "softmax"))
+    selection: str = _field(
+        "cosine",
+        "selection rule: cos(e_u, z) > threshold; centered: the same after subtracting the codebook's mean "
+        "(selects the few codewords a user is near, not all); softmax: the paper's literal softmax over K",
+        choices=("cosine", "centered", "softmax"),
+    )
     trim_prompt_slots: bool = _field(
         True,
         "training steps cut the prompt slots no user of the batch selected out of the decoder input "

@@ -137,6 +137,25 @@ def test_zero_init_alignment_returns_h_rs_exactly_until_trained(fusion):
     assert np.abs(layer(h_rs, pure, mask).numpy() - h_rs.numpy()).max() > 1e-3
 
 
+def test_centered_selection_ignores_the_shared_component():
+    """Codewords = one big shared direction + small distinct ones: plain cosine selects all of them
+    for any user; centred cosine selects only the codeword(s) the user points at."""
+    rng = np.random.default_rng(5)
+    d, k = 16, 6
+    shared = np.zeros(d, np.float32)
+    shared[0] = 10.0
+    distinct = np.eye(d, dtype=np.float32)[1:k + 1]
+    z = shared + distinct  # [K, d], pairwise cosine ~0.99
+    e_u = (shared + 3.0 * distinct[2])[None]  # a user near codeword 2
+    kw = dict(codebook_size=k, embedding_dim=d, num_shared_prompts=1, threshold=0.45, max_prompts=k,
+              initial_codebook=z, initial_shared=rng.normal(size=(1, d)).astype(np.float32))
+    plain = VQPromptCodebook(selection="cosine", **kw)(tf.constant(e_u))
+    centered = VQPromptCodebook(selection="centered", **kw)(tf.constant(e_u))
+    assert int(plain["num_selected"][0]) == k
+    assert int(centered["num_selected"][0]) == 1
+    assert int(centered["selected_indices"][0, 0]) == 2 and int(centered["nearest"][0]) == 2
+
+
 def test_contradiction_decision_and_gradient_mask():
     v_t = tf.constant([[1.0, 0.0], [1.0, 0.0]])
     h_rs = tf.constant([[1.0, 1.0], [1.0, 1.0]])

@@ -7,6 +7,10 @@ LLM's input-embedding space, next to ``num_shared_prompts`` shared prompts
 
 1. scores every codeword (eq. 2, docs/design.md §4 reading):
    ``selection="cosine"``: ``s_i = cos(e_u, z_i)``;
+   ``selection="centered"`` (our remedy): ``s_i = cos(e_u − z̄, z_i − z̄)`` with ``z̄`` the
+   codebook's mean — the codewords' shared component (the LLM-encoded prompt texts are
+   nearly collinear) is removed before comparing, so that θ selects the few codewords a
+   user is close to instead of all of them (with plain cosine every user ends at m = m_max);
    ``selection="softmax"``: ``s_i = softmax_i(cos(e_u, z_i))`` (the paper's literal
    eq. 2; over K = 64 a softmax admits at most ~2 prompts above θ = 0.45);
 2. selects ``{z_i | s_i > θ}``, keeping at most ``m_max`` (the top-m by score),
@@ -42,7 +46,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-SELECTIONS = ("cosine", "softmax")
+SELECTIONS = ("cosine", "softmax", "centered")
 
 # Short "universal semantic prompts" (paper §4.2.1) whose LLM encodings initialise the
 # K codewords. Order matters only for reproducibility.
@@ -151,7 +155,7 @@ class VQPromptCodebook(keras.layers.Layer):
         num_shared_prompts: int, S shared prompts placed first.
         threshold: float, θ.
         max_prompts: int, m_max (capped at K).
-        selection: ``"cosine"`` or ``"softmax"``.
+        selection: ``"cosine"``, ``"centered"`` or ``"softmax"``.
         commitment_cost: float, weight of the commitment term (0.25).
         usage_temperature: float, t of the usage term's soft assignment.
         trainable_prompts: bool; False freezes codebook and shared prompts (the
@@ -238,7 +242,12 @@ class VQPromptCodebook(keras.layers.Layer):
         e_u = tf.convert_to_tensor(e_u)
         z = tf.cast(self.codebook, e_u.dtype)
         batch = tf.shape(e_u)[0]
-        cos = tf.matmul(tf.math.l2_normalize(e_u, -1), tf.math.l2_normalize(z, -1), transpose_b=True)  # [B, K]
+        if self.selection == "centered":
+            centre = tf.reduce_mean(z, axis=0, keepdims=True)  # [1, d]
+            q, keys = e_u - centre, z - centre
+        else:
+            q, keys = e_u, z
+        cos = tf.matmul(tf.math.l2_normalize(q, -1), tf.math.l2_normalize(keys, -1), transpose_b=True)  # [B, K]
         scores = tf.nn.softmax(cos, axis=-1) if self.selection == "softmax" else cos
         top_scores, top_idx = tf.math.top_k(tf.stop_gradient(scores), k=self.num_slots)  # [B, m]
         selected_mask = top_scores > self.threshold
