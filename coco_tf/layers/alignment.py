@@ -13,7 +13,7 @@ masked out of the keys, so they cannot change the output:
 ``fusion="concat"``: ``h_aligned = Dense([h_RS, mean_i h_pure_i])`` (plain linear
 fusion of the concatenation).
 
-Where this departs from the paper (docs/design.md, "Readings of the paper"):
+Where this departs from the paper (docs/design.md §4 and §5):
 
 * the residual ``h_RS +`` (the paper does not say): the LLM branch adds to the
   behavioural vector instead of replacing it;

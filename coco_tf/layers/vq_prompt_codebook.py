@@ -5,7 +5,7 @@ LLM's input-embedding space, next to ``num_shared_prompts`` shared prompts
 ``z_share`` (``[S, d_llm]``, S = 2). For a user representation ``e_u``
 (``[B, d_llm]``, the projected backbone output) the layer
 
-1. scores every codeword (eq. 2, DESIGN §3 reading):
+1. scores every codeword (eq. 2, docs/design.md §4 reading):
    ``selection="cosine"``: ``s_i = cos(e_u, z_i)``;
    ``selection="centered"`` (our remedy): ``s_i = cos(e_u − z̄, z_i − z̄)`` with ``z̄`` the
    codebook's mean — the codewords' shared component (the LLM-encoded prompt texts are
@@ -31,7 +31,7 @@ collapses to one or two codewords within a few epochs (docs/results.md §7), so 
 
 The codebook is trained by gradients only: nothing in ``call`` assigns to a
 variable (an ``assign`` inside ``call`` is unsafe under asynchronous
-parameter-server updates, DESIGN §3). The hard selection passes no gradient to
+parameter-server updates, docs/design.md §4 and §7). The hard selection passes no gradient to
 ``e_u``; ``e_u`` learns through the commitment term.
 
 Initialisation (``coco.codebook_init``): ``initial_codebook`` /

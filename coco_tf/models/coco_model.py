@@ -5,14 +5,15 @@ One training example (one user; B users per batch; shapes for the tiny config)::
     history int64 [B, T] ──backbone.encode──► states [B, T, d] ──newest──► h_RS [B, d]
     h_RS ──proj (Dense)──► e_u [B, d_llm]
     e_u ──VQPromptCodebook (eq. 2-4)──► h_prompt [B, P, d_llm], prompt_mask [B, P]   P = S + m_max
-    h_text = item_text_table[history]  [B, T, d_llm] (frozen, pre-stored, DESIGN §3)
+    h_text = item_text_table[history]  [B, T, d_llm] (frozen, pre-stored, docs/design.md §4)
     h_f = [h_prompt ; h_text] (eq. 3) ──QwenBackbone + LoRA(q, v)──► h_mix [B, P + T, d_llm]
     h_pure = SemanticDecoupling(h_prompt, h_mix) (eq. 5)                [B, P, d_llm]
     h_aligned = SemanticBehavioralAlignment(h_RS, h_pure) (eq. 7)       [B, d]
     M = 1[cos(h_aligned, v_t) > cos(h_RS, v_t)] (eq. 8)                 [B]
     L = L_r(h_aligned) + α·L_aux(h_RS) + β·L_ortho + γ·L_Q [+ w·L_usage]  (eq. 11)
 
-"The LLM branch can only add" (our readings, each a config switch; the paper's values kept):
+"The LLM branch can only add" (our readings, each a config switch; the paper's values kept;
+docs/design.md §5 gives the reasons):
 
 * ``coco.zero_init`` (default true): the alignment's last projection starts at zero,
   so an untrained CoCo ranks exactly as its backbone (``layers/alignment.py``);
@@ -22,7 +23,7 @@ One training example (one user; B users per batch; shapes for the tiny config)::
 * ``coco.usage_weight`` (default 0.1; paper 0): a codebook usage term against collapse
   (``layers/vq_prompt_codebook.py``).
 
-Choices (the DESIGN §3 readings, plus):
+Choices (the docs/design.md §4 readings, plus):
 
 * **Training target**: user level, as in the paper — ``v_t`` is the next item of
   the newest history position, and ``L_r`` is the retrieval loss

@@ -1,7 +1,8 @@
 """KAR baseline (Xi et al., "Towards Open-World Recommendation with Knowledge Augmentation
-from LLMs"; summary in ``shared/paper/kar-summary.txt``), on the same backbone, data and LLM as CoCo.
+from LLMs"; what KAR is and how we read it: docs/design.md §6), on the same backbone, data and LLM
+as CoCo.
 
-KAR's three parts, as we build them for sequential retrieval (DESIGN §4):
+KAR's three parts, as we build them for sequential retrieval (docs/design.md §6):
 
 * **Frozen LLM, factorised prompting**: two fixed prompts (``KAR_PROMPT_TEXTS``:
   user-preference *reasoning* and item *factual* knowledge), encoded once by the

@@ -24,7 +24,7 @@ The loss is ``L_r + α·L_aux + extras`` with ``α = coco.alpha`` (default 1: th
 backbone's objective at full weight; the paper's 0.2 made the backbone of our strong
 full-softmax SASRec half as good as the base, docs/results.md §7). During a base
 stage (``coco.base_epochs``) the trainer uses :meth:`base_loss_and_metrics` and ranks
-by :meth:`base_user` instead: the LLM branch is not run.
+by :meth:`base_user` instead: the LLM branch is not run. Why these readings: docs/design.md §5.
 
 Subclasses implement ``user_vector(history, h_rs, states, training, target_ids)``
 returning ``(user [B, d], extra_losses: dict, metrics: dict)``.

@@ -57,7 +57,7 @@ Decisions:
   read twice as often and another not at all (logged by the coordinator as a
   worker recovery); everything else stays exact.
 * **Loss.** The model's own loss (per-example losses with ``reduction=none``,
-  DESIGN §7) with the same constant per-position normaliser as ``Trainer`` (batch
+  docs/design.md §9) with the same constant per-position normaliser as ``Trainer`` (batch
   size × mean history length), so that every position weighs the same in both,
   divided by the replicas in sync inside ``strategy.run`` (for the base model this
   is ``tf.nn.compute_average_loss`` with that normaliser).
