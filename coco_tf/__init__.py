@@ -1,7 +1,7 @@
 """coco_tf: CoCo, LLM-enhanced sequential recommendation on TensorFlow.
 
 The training graph is Keras 2 (``tf_keras``): TensorFlow Recommenders and
-parameter-server training with sharded variables need it (see DESIGN.md §1).
+parameter-server training with sharded variables need it (see docs/design.md §1).
 Importing this package therefore sets ``TF_USE_LEGACY_KERAS=1`` before anything
 imports TensorFlow, and fails loudly if TensorFlow was already imported with
 Keras 3 behind ``tf.keras``.

@@ -109,6 +109,11 @@ class LLMConfig:
     lora_alpha: float = _field(16.0, "LoRA scaling alpha (update scaled by alpha / r)")
     lora_dropout: float = _field(0.05, "dropout on the LoRA branch input")
     cache_dir: str = _field("", "where the item text table is cached (empty: <model_dir>/cache)")
+    text_table_shuffle: bool = _field(
+        False,
+        "control run: permute the item text table's rows across items (fixed seed), so that every item "
+        "carries another item's text; a gain that survives it is capacity, not knowledge",
+    )
 
 
 @dataclasses.dataclass
@@ -124,7 +129,12 @@ class CoCoConfig:
     num_shared_prompts: int = _field(2, "shared prompts z_share placed before the private ones")
     threshold: float = _field(0.45, "theta, the selection threshold")
     max_prompts: int = _field(32, "m_max, at most this many private prompts per user")
-    selection: str = _field("cosine", "selection rule", choices=("cosine", "softmax"))
+    selection: str = _field(
+        "cosine",
+        "selection rule: cos(e_u, z) > threshold; centered: the same after subtracting the codebook's mean "
+        "(selects the few codewords a user is near, not all); softmax: the paper's literal softmax over K",
+        choices=("cosine", "centered", "softmax"),
+    )
     trim_prompt_slots: bool = _field(
         True,
         "training steps cut the prompt slots no user of the batch selected out of the decoder input "
@@ -139,7 +149,39 @@ class CoCoConfig:
         "training telemetry then describes the prefixes)",
         choices=("last", "random"),
     )
-    alpha: float = _field(0.2, "weight of L_aux (eq. 11)")
+    zero_init: bool = _field(
+        True,
+        "the LLM branch's last projection (CoCo's alignment, KAR's fusion) starts at zero, so that at "
+        "initialisation the model ranks exactly as its backbone (false: the paper's random init)",
+    )
+    base_epochs: int = _field(
+        10,
+        "kar/coco: a first stage trains the backbone alone (the base objective) for at most this many "
+        "epochs, and at most half of train.epochs (both count toward train.epochs), ending early when validation NDCG@10 stalls for coco.base_patience "
+        "evaluations; the LLM branch then joins from the stage's best checkpoint (0: no base stage)",
+    )
+    base_patience: int = _field(2, "kar/coco base stage: evaluations without a better validation NDCG@10 that end it")
+    init_from: str = _field(
+        "",
+        "kar/coco: a finished base run's model_dir; its best checkpoint's backbone and item table start "
+        "this run (its config must have the same backbone shape), and there is no base stage",
+    )
+    rec_to_backbone: bool = _field(
+        True,
+        "kar/coco: the user-level loss L_r (and CoCo's VQ terms) also train the backbone (the paper: end to "
+        "end); false: the backbone learns from its own objective only and L_r trains the LLM branch alone",
+    )
+    usage_weight: float = _field(
+        0.1,
+        "weight of the codebook usage term: log K minus the entropy of the batch's mean soft assignment "
+        "of e_u to the codewords (0: none, the paper's loss); keeps users spread over the codebook",
+    )
+    usage_temperature: float = _field(0.1, "temperature of the soft assignment softmax(cos(e_u, z) / t) in the usage term")
+    alpha: float = _field(
+        1.0,
+        "weight of L_aux, the backbone's own objective (eq. 11; the paper's 0.2 down-weights the backbone's "
+        "dense objective below one user-level pair per user)",
+    )
     beta: float = _field(0.15, "weight of L_ortho (eq. 11)")
     gamma: float = _field(0.25, "weight of L_Q (eq. 11)")
 
@@ -378,6 +420,8 @@ def validate(cfg: Config) -> None:
         "runtime.partitioner_min_shard_bytes": cfg.runtime.partitioner_min_shard_bytes,
         "coco.codebook_size": cfg.coco.codebook_size,
         "coco.max_prompts": cfg.coco.max_prompts,
+        "coco.base_patience": cfg.coco.base_patience,
+        "coco.usage_temperature": cfg.coco.usage_temperature,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -417,7 +461,8 @@ def validate(cfg: Config) -> None:
     for key, value in (("train.checkpoint_every_steps", cfg.train.checkpoint_every_steps),
                        ("runtime.ps_shards", cfg.runtime.ps_shards),
                        ("runtime.cluster_connect_timeout", cfg.runtime.cluster_connect_timeout),
-                       ("coco.num_shared_prompts", cfg.coco.num_shared_prompts)):
+                       ("coco.num_shared_prompts", cfg.coco.num_shared_prompts),
+                       ("coco.base_epochs", cfg.coco.base_epochs), ("coco.usage_weight", cfg.coco.usage_weight)):
         if value < 0:
             raise ConfigError(f"config key '{key}': must be >= 0, got {value}")
     if cfg.data.source == "synthetic" and cfg.data.synthetic_min_len < 3:

@@ -102,7 +102,7 @@ def test_decoupling_shapes_and_key_masking(mode):
 
 @pytest.mark.parametrize("fusion", ["attention", "mlp", "concat"])
 def test_alignment_shapes_and_unselected_slot_has_no_effect(fusion):
-    layer = SemanticBehavioralAlignment(hidden_dim=6, fusion=fusion)
+    layer = SemanticBehavioralAlignment(hidden_dim=6, fusion=fusion, zero_init=False)
     rng = np.random.default_rng(2)
     h_rs = tf.constant(rng.normal(size=(2, 6)), tf.float32)
     pure = rng.normal(size=(2, 4, 8)).astype(np.float32)
@@ -116,6 +116,44 @@ def test_alignment_shapes_and_unselected_slot_has_no_effect(fusion):
     changed[0, 0] += 1.0  # a selected slot does change it
     assert np.abs(layer(h_rs, tf.constant(changed), mask).numpy() - out.numpy()).max() > 1e-4
     assert layer.get_config()["fusion"] == fusion
+
+
+@pytest.mark.parametrize("fusion", ["attention", "mlp", "concat"])
+def test_zero_init_alignment_returns_h_rs_exactly_until_trained(fusion):
+    layer = SemanticBehavioralAlignment(hidden_dim=6, fusion=fusion, num_heads=2)
+    rng = np.random.default_rng(3)
+    h_rs = tf.constant(rng.normal(size=(3, 6)), tf.float32)
+    pure = tf.constant(rng.normal(size=(3, 4, 8)), tf.float32)
+    mask = tf.constant(rng.random((3, 4)) > 0.3)
+    np.testing.assert_array_equal(layer(h_rs, pure, mask).numpy(), h_rs.numpy())
+    # One gradient step on a loss that wants h_aligned away from h_RS moves it (the branch can learn).
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(h_rs, pure, mask) * tf.constant(rng.normal(size=(3, 6)), tf.float32))
+    grads = tape.gradient(loss, layer.trainable_variables)
+    assert any(g is not None and float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
+    for v, g in zip(layer.trainable_variables, grads):
+        if g is not None:
+            v.assign_sub(0.5 * g)
+    assert np.abs(layer(h_rs, pure, mask).numpy() - h_rs.numpy()).max() > 1e-3
+
+
+def test_centered_selection_ignores_the_shared_component():
+    """Codewords = one big shared direction + small distinct ones: plain cosine selects all of them
+    for any user; centred cosine selects only the codeword(s) the user points at."""
+    rng = np.random.default_rng(5)
+    d, k = 16, 6
+    shared = np.zeros(d, np.float32)
+    shared[0] = 10.0
+    distinct = np.eye(d, dtype=np.float32)[1:k + 1]
+    z = shared + distinct  # [K, d], pairwise cosine ~0.99
+    e_u = (shared + 3.0 * distinct[2])[None]  # a user near codeword 2
+    kw = dict(codebook_size=k, embedding_dim=d, num_shared_prompts=1, threshold=0.45, max_prompts=k,
+              initial_codebook=z, initial_shared=rng.normal(size=(1, d)).astype(np.float32))
+    plain = VQPromptCodebook(selection="cosine", **kw)(tf.constant(e_u))
+    centered = VQPromptCodebook(selection="centered", **kw)(tf.constant(e_u))
+    assert int(plain["num_selected"][0]) == k
+    assert int(centered["num_selected"][0]) == 1
+    assert int(centered["selected_indices"][0, 0]) == 2 and int(centered["nearest"][0]) == 2
 
 
 def test_contradiction_decision_and_gradient_mask():

@@ -35,7 +35,10 @@ def _table():
 
 def _coco(**kw):
     keras.utils.set_random_seed(4)
+    # zero_init=False: the mechanism tests need an LLM branch whose gradients are not zero at
+    # initialisation (with zero_init they are, until the branch's last projection moves).
     args = dict(num_items=NUM_ITEMS, item_text_table=_table(), llm=_llm(0 if kw.get("ablation") == "con" else 4),
+                zero_init=False,
                 codebook_size=8, max_prompts=3, threshold=0.0, embedding_dim=D, max_len=T,
                 backbone_kwargs={"num_blocks": 1, "dropout": 0.0}, loss="in_batch")
     args.update(kw)
@@ -114,7 +117,8 @@ def test_forward_shapes_telemetry_and_trainable_sets():
                 "loss/total", "coco/m1_fraction", "coco/mean_selected", "coco/empty_selection",
                 "coco/codebook_perplexity", "coco/codebook_unused"):
         assert key in metrics and np.isfinite(float(metrics[key])), key
-    expected = metrics["loss/rec"] + 0.2 * metrics["loss/aux"] + 0.15 * metrics["loss/ortho"] + 0.25 * metrics["loss/vq"]
+    assert model.alpha == 1.0  # the backbone's objective at full weight (the paper: 0.2)
+    expected = metrics["loss/rec"] + 1.0 * metrics["loss/aux"] + 0.15 * metrics["loss/ortho"] + 0.25 * metrics["loss/vq"]
     np.testing.assert_allclose(loss.numpy(), expected.numpy(), rtol=1e-5)
     assert 0.0 <= float(metrics["coco/m1_fraction"]) <= 1.0
     assert float(metrics["coco/mean_selected"]) == 3.0  # threshold 0: every user fills m_max
@@ -124,6 +128,22 @@ def test_forward_shapes_telemetry_and_trainable_sets():
     trainable_ids = {id(v) for v in model.trainable_variables}
     llm_trainable = [v for v in model.llm.weights if id(v) in trainable_ids]
     assert {id(v) for v in llm_trainable} == {id(v) for v in model.llm.lora_variables}
+
+
+@pytest.mark.parametrize("rec_to_backbone", [True, False])
+def test_rec_to_backbone_false_keeps_the_user_level_terms_off_the_backbone(rec_to_backbone):
+    model = _coco(rec_to_backbone=rec_to_backbone)
+    features = _features()
+    model.compute_loss_and_metrics(features, training=True)  # builds every variable
+    backbone = [v for v in model.backbone.trainable_variables if "item_embedding" not in v.name]
+    branch = model.alignment.trainable_variables + model.llm.lora_variables
+    with tf.GradientTape() as tape:
+        _, metrics = model.compute_loss_and_metrics(features, training=True)
+        user_level = metrics["loss/total"] - model.alpha * metrics["loss/aux"]
+    grads = tape.gradient(user_level, backbone + branch)
+    backbone_norm, branch_norm = _norm(grads[:len(backbone)]), _norm(grads[len(backbone):])
+    assert branch_norm > 0
+    assert (backbone_norm > 0) == rec_to_backbone
 
 
 @pytest.mark.parametrize("ablation", ["soft", "dec", "con"])

@@ -47,7 +47,7 @@ def _check(tmp_path, result):
 
 
 def test_coco_trains_loss_decreases_and_logs_telemetry(tmp_path):
-    trainer, result = _run(tmp_path, "coco.method=coco", epochs=3)
+    trainer, result = _run(tmp_path, "coco.method=coco", "coco.base_epochs=0", epochs=3)
     history = _check(tmp_path, result)
     t = [h["telemetry"] for h in history]
     assert t[-1]["loss/total"] < t[0]["loss/total"], t

@@ -6,7 +6,7 @@ Decision (eq. 8), per example and without gradient:
 
 M = 1: the LLM knowledge helped this user's target; M = 0: it did not.
 
-Gradient mask (eq. 9), DESIGN §3 reading: the paper writes it on ``h_aligned``,
+Gradient mask (eq. 9), docs/design.md §4 reading: the paper writes it on ``h_aligned``,
 which would also stop the recommender and the alignment from learning on the
 M = 1 examples. We apply it to the **LLM-branch outputs** instead (the decoder
 output ``h_mix`` and the prompt rows used as decoupling queries):

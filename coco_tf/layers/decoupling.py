@@ -14,7 +14,7 @@ are computed but carry no meaning (the alignment masks them).
 ``mode="mean_pool"`` is the ``dec`` ablation (no decoupling): every slot gets the
 same masked mean of ``h_mix``, i.e. the undivided mixed knowledge.
 
-:func:`orthogonality_loss` is L_ortho (eq. 6) with the DESIGN §3 reading: the
+:func:`orthogonality_loss` is L_ortho (eq. 6) with the docs/design.md §4 reading: the
 paper's ``Σ_{i<j} cos(z_i, z_j)`` is unbounded below (it rewards anti-parallel
 prompts), so we use the mean of ``cos(z_i, z_j)²`` over the K(K−1)/2 pairs i < j,
 which is 0 exactly when the codewords are mutually orthogonal.

@@ -5,8 +5,12 @@ LLM's input-embedding space, next to ``num_shared_prompts`` shared prompts
 ``z_share`` (``[S, d_llm]``, S = 2). For a user representation ``e_u``
 (``[B, d_llm]``, the projected backbone output) the layer
 
-1. scores every codeword (eq. 2, DESIGN §3 reading):
+1. scores every codeword (eq. 2, docs/design.md §4 reading):
    ``selection="cosine"``: ``s_i = cos(e_u, z_i)``;
+   ``selection="centered"`` (our remedy): ``s_i = cos(e_u − z̄, z_i − z̄)`` with ``z̄`` the
+   codebook's mean — the codewords' shared component (the LLM-encoded prompt texts are
+   nearly collinear) is removed before comparing, so that θ selects the few codewords a
+   user is close to instead of all of them (with plain cosine every user ends at m = m_max);
    ``selection="softmax"``: ``s_i = softmax_i(cos(e_u, z_i))`` (the paper's literal
    eq. 2; over K = 64 a softmax admits at most ~2 prompts above θ = 0.45);
 2. selects ``{z_i | s_i > θ}``, keeping at most ``m_max`` (the top-m by score),
@@ -18,9 +22,16 @@ LLM's input-embedding space, next to ``num_shared_prompts`` shared prompts
    and ``commitment = ‖e_u − sg(z_k)‖²`` (moves only e_u), squared errors averaged
    over the d_llm dimensions and the batch; ``L_Q = codebook + commitment_cost · commitment``.
 
+Usage term (our addition, ``coco.usage_weight``; 0 is the paper's loss): with the
+soft assignment ``p_b = softmax(cos(e_u, z) / t)`` ``[B, K]`` and its batch mean
+``p̄``, ``usage = log K − H(p̄)`` (0 when the batch spreads evenly over the K codewords,
+``log K`` when every user sits on one). Without it the nearest-code histogram
+collapses to one or two codewords within a few epochs (docs/results.md §7), so the
+"personal" prompts are one global prompt. It is a gradient term, like the rest.
+
 The codebook is trained by gradients only: nothing in ``call`` assigns to a
 variable (an ``assign`` inside ``call`` is unsafe under asynchronous
-parameter-server updates, DESIGN §3). The hard selection passes no gradient to
+parameter-server updates, docs/design.md §4 and §7). The hard selection passes no gradient to
 ``e_u``; ``e_u`` learns through the commitment term.
 
 Initialisation (``coco.codebook_init``): ``initial_codebook`` /
@@ -35,7 +46,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-SELECTIONS = ("cosine", "softmax")
+SELECTIONS = ("cosine", "softmax", "centered")
 
 # Short "universal semantic prompts" (paper §4.2.1) whose LLM encodings initialise the
 # K codewords. Order matters only for reproducibility.
@@ -144,8 +155,9 @@ class VQPromptCodebook(keras.layers.Layer):
         num_shared_prompts: int, S shared prompts placed first.
         threshold: float, θ.
         max_prompts: int, m_max (capped at K).
-        selection: ``"cosine"`` or ``"softmax"``.
+        selection: ``"cosine"``, ``"centered"`` or ``"softmax"``.
         commitment_cost: float, weight of the commitment term (0.25).
+        usage_temperature: float, t of the usage term's soft assignment.
         trainable_prompts: bool; False freezes codebook and shared prompts (the
             ``soft`` ablation: fixed structured prompts).
         initial_codebook: optional array ``[K, d_llm]``.
@@ -159,7 +171,7 @@ class VQPromptCodebook(keras.layers.Layer):
         ``prompt_mask`` bool ``[B, S + m]``, ``selected_indices`` int32 ``[B, m]``,
         ``selected_mask`` bool ``[B, m]``, ``num_selected`` int32 ``[B]``,
         ``scores`` ``[B, K]``, ``nearest`` int32 ``[B]``, and scalars
-        ``codebook_loss``, ``commitment_loss``, ``vq_loss``.
+        ``codebook_loss``, ``commitment_loss``, ``vq_loss``, ``usage_loss``.
 
     Example:
 
@@ -178,6 +190,7 @@ class VQPromptCodebook(keras.layers.Layer):
         max_prompts: int = 32,
         selection: str = "cosine",
         commitment_cost: float = 0.25,
+        usage_temperature: float = 0.1,
         trainable_prompts: bool = True,
         initial_codebook=None,
         initial_shared=None,
@@ -193,6 +206,7 @@ class VQPromptCodebook(keras.layers.Layer):
         self.max_prompts = int(max_prompts)
         self.selection = selection
         self.commitment_cost = float(commitment_cost)
+        self.usage_temperature = float(usage_temperature)
         self.trainable_prompts = bool(trainable_prompts)
         self.initial_codebook = None if initial_codebook is None else np.asarray(initial_codebook, np.float32)
         self.initial_shared = None if initial_shared is None else np.asarray(initial_shared, np.float32)
@@ -228,7 +242,12 @@ class VQPromptCodebook(keras.layers.Layer):
         e_u = tf.convert_to_tensor(e_u)
         z = tf.cast(self.codebook, e_u.dtype)
         batch = tf.shape(e_u)[0]
-        cos = tf.matmul(tf.math.l2_normalize(e_u, -1), tf.math.l2_normalize(z, -1), transpose_b=True)  # [B, K]
+        if self.selection == "centered":
+            centre = tf.reduce_mean(z, axis=0, keepdims=True)  # [1, d]
+            q, keys = e_u - centre, z - centre
+        else:
+            q, keys = e_u, z
+        cos = tf.matmul(tf.math.l2_normalize(q, -1), tf.math.l2_normalize(keys, -1), transpose_b=True)  # [B, K]
         scores = tf.nn.softmax(cos, axis=-1) if self.selection == "softmax" else cos
         top_scores, top_idx = tf.math.top_k(tf.stop_gradient(scores), k=self.num_slots)  # [B, m]
         selected_mask = top_scores > self.threshold
@@ -241,7 +260,12 @@ class VQPromptCodebook(keras.layers.Layer):
         z_k = tf.gather(z, nearest)
         codebook_loss = tf.reduce_mean(tf.square(tf.stop_gradient(e_u) - z_k))
         commitment_loss = tf.reduce_mean(tf.square(e_u - tf.stop_gradient(z_k)))
+        soft = tf.nn.softmax(cos / self.usage_temperature, axis=-1)  # [B, K]
+        mean_soft = tf.reduce_mean(soft, axis=0)
+        usage_loss = tf.math.log(float(self.codebook_size)) + tf.reduce_sum(
+            mean_soft * tf.math.log(tf.maximum(mean_soft, 1e-12)))
         return {
+            "usage_loss": usage_loss,
             "prompts": prompts,
             "prompt_mask": prompt_mask,
             "selected_indices": top_idx,
@@ -265,6 +289,7 @@ class VQPromptCodebook(keras.layers.Layer):
                 "max_prompts": self.max_prompts,
                 "selection": self.selection,
                 "commitment_cost": self.commitment_cost,
+                "usage_temperature": self.usage_temperature,
                 "trainable_prompts": self.trainable_prompts,
                 "initial_codebook": None if self.initial_codebook is None else self.initial_codebook.tolist(),
                 "initial_shared": None if self.initial_shared is None else self.initial_shared.tolist(),

@@ -4,7 +4,7 @@ Every catalog title is tokenised, run through the frozen base decoder
 (``QwenBackbone``), and mean-pooled over its real (non-padded) tokens, giving a
 float32 array ``[num_items + 1, hidden_dim]`` whose row ``i`` belongs to item id
 ``i``; row 0 (padding) is zeros, and so is the row of an item whose title is
-empty. This is KAR's pre-storage idea (DESIGN.md §2-3): the per-user LLM pass
+empty. This is KAR's pre-storage idea (docs/design.md §3-4): the per-user LLM pass
 then reads one vector per history item instead of every title token.
 
 The table is cached as ``item_text_table_<key>.npy`` plus a small ``.json``

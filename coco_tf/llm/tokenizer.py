@@ -11,7 +11,7 @@
   ``[UNK]`` = 1), deterministic for the same titles.
 
 Both are keras-nlp (Keras 3) layers backed by TensorFlow ops; they run eagerly or
-inside ``tf.data`` next to the tf_keras model (DESIGN.md §1). Titles are padded
+inside ``tf.data`` next to the tf_keras model (docs/design.md §1). Titles are padded
 on the right: ``encode`` returns ``token_ids`` and ``padding_mask`` (1 = token),
 the inputs ``QwenBackbone`` takes.
 

@@ -5,14 +5,25 @@ One training example (one user; B users per batch; shapes for the tiny config)::
     history int64 [B, T] ──backbone.encode──► states [B, T, d] ──newest──► h_RS [B, d]
     h_RS ──proj (Dense)──► e_u [B, d_llm]
     e_u ──VQPromptCodebook (eq. 2-4)──► h_prompt [B, P, d_llm], prompt_mask [B, P]   P = S + m_max
-    h_text = item_text_table[history]  [B, T, d_llm] (frozen, pre-stored, DESIGN §3)
+    h_text = item_text_table[history]  [B, T, d_llm] (frozen, pre-stored, docs/design.md §4)
     h_f = [h_prompt ; h_text] (eq. 3) ──QwenBackbone + LoRA(q, v)──► h_mix [B, P + T, d_llm]
     h_pure = SemanticDecoupling(h_prompt, h_mix) (eq. 5)                [B, P, d_llm]
     h_aligned = SemanticBehavioralAlignment(h_RS, h_pure) (eq. 7)       [B, d]
     M = 1[cos(h_aligned, v_t) > cos(h_RS, v_t)] (eq. 8)                 [B]
-    L = L_r(h_aligned) + α·L_aux(h_RS) + β·L_ortho + γ·L_Q               (eq. 11)
+    L = L_r(h_aligned) + α·L_aux(h_RS) + β·L_ortho + γ·L_Q [+ w·L_usage]  (eq. 11)
 
-Choices (the DESIGN §3 readings, plus):
+"The LLM branch can only add" (our readings, each a config switch; the paper's values kept;
+docs/design.md §5 gives the reasons):
+
+* ``coco.zero_init`` (default true): the alignment's last projection starts at zero,
+  so an untrained CoCo ranks exactly as its backbone (``layers/alignment.py``);
+* ``coco.alpha`` = 1 (paper 0.2): ``L_aux`` is the backbone's full dense objective;
+* ``coco.base_epochs`` / ``coco.init_from``: the backbone first trains alone (or comes
+  from a trained base run) and the branch joins from there (``training/trainer.py``);
+* ``coco.usage_weight`` (default 0.1; paper 0): a codebook usage term against collapse
+  (``layers/vq_prompt_codebook.py``).
+
+Choices (the docs/design.md §4 readings, plus):
 
 * **Training target**: user level, as in the paper — ``v_t`` is the next item of
   the newest history position, and ``L_r`` is the retrieval loss
@@ -83,7 +94,9 @@ class CoCoModel(UserLevelRetrievalModel):
         initial_codebook, initial_shared: optional init arrays (``None``: random).
         ablation: ``none | soft | dec | con``.
         fusion: ``attention | mlp | concat``.
-        alpha, beta, gamma: eq. 11 weights.
+        alpha, beta, gamma: eq. 11 weights (alpha: the backbone's own objective).
+        usage_weight, usage_temperature: the codebook usage term (``VQPromptCodebook``; 0: none).
+        zero_init: the alignment's last projection starts at zero (``h_aligned == h_RS`` at init).
         decoupling_heads: heads of the eq. 5 attention.
         decision_override: ``None`` (eq. 8) or a constant 0.0 / 1.0 for M (tests,
             diagnostics).
@@ -104,9 +117,12 @@ class CoCoModel(UserLevelRetrievalModel):
         initial_shared=None,
         ablation: str = "none",
         fusion: str = "attention",
-        alpha: float = 0.2,
+        alpha: float = 1.0,
         beta: float = 0.15,
         gamma: float = 0.25,
+        usage_weight: float = 0.0,
+        usage_temperature: float = 0.1,
+        zero_init: bool = True,
         decoupling_heads: int = 4,
         decision_override=None,
         **kwargs,
@@ -120,6 +136,7 @@ class CoCoModel(UserLevelRetrievalModel):
         self.fusion = fusion
         self.beta = float(beta)
         self.gamma = float(gamma)
+        self.usage_weight = float(usage_weight)
         self.decision_override = None if decision_override is None else float(decision_override)
         self.trim_prompt_slots = bool(trim_prompt_slots)
         self.llm = llm
@@ -133,6 +150,7 @@ class CoCoModel(UserLevelRetrievalModel):
             threshold=threshold,
             max_prompts=max_prompts,
             selection=selection,
+            usage_temperature=usage_temperature,
             trainable_prompts=ablation != "soft",
             initial_codebook=initial_codebook,
             initial_shared=initial_shared,
@@ -143,7 +161,8 @@ class CoCoModel(UserLevelRetrievalModel):
             self.text_dim, num_heads=heads, mode="mean_pool" if ablation == "dec" else "cross_attention",
             name="decoupling",
         )
-        self.alignment = SemanticBehavioralAlignment(self.embedding_dim, fusion=fusion, name="alignment")
+        self.alignment = SemanticBehavioralAlignment(self.embedding_dim, fusion=fusion, zero_init=zero_init,
+                                                     name="alignment")
         self.gradient_mask = ContradictionGradientMask(name="contradiction_mask")
 
     def _align(self, h_rs, h_prompt, h_mix, mix_mask, prompt_mask, training):
@@ -199,6 +218,8 @@ class CoCoModel(UserLevelRetrievalModel):
 
         losses["ortho"] = (self.beta, orthogonality_loss(self.codebook.codebook))
         losses["vq"] = (self.gamma, sel["vq_loss"])
+        if self.usage_weight:
+            losses["usage"] = (self.usage_weight, sel["usage_loss"])
         metrics["loss/vq_codebook"] = sel["codebook_loss"]
         metrics["loss/vq_commitment"] = sel["commitment_loss"]
         num_selected = tf.cast(sel["num_selected"], tf.float32)

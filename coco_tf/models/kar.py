@@ -1,7 +1,8 @@
 """KAR baseline (Xi et al., "Towards Open-World Recommendation with Knowledge Augmentation
-from LLMs"; summary in ``shared/paper/kar-summary.txt``), on the same backbone, data and LLM as CoCo.
+from LLMs"; what KAR is and how we read it: docs/design.md §6), on the same backbone, data and LLM
+as CoCo.
 
-KAR's three parts, as we build them for sequential retrieval (DESIGN §4):
+KAR's three parts, as we build them for sequential retrieval (docs/design.md §6):
 
 * **Frozen LLM, factorised prompting**: two fixed prompts (``KAR_PROMPT_TEXTS``:
   user-preference *reasoning* and item *factual* knowledge), encoded once by the
@@ -119,9 +120,12 @@ class KARModel(UserLevelRetrievalModel):
         llm: a frozen ``QwenBackbone`` (no LoRA).
         prompt_vectors: ``[2, d_llm]`` the encoded factorised prompts (reasoning, factual).
         alpha: weight of L_aux.
+        zero_init: the fusion Dense starts at zero, so ``u == h_RS`` at initialisation (KAR's own
+            reading: random init, ``coco.zero_init=false``).
     """
 
-    def __init__(self, num_items: int, item_text_table, llm, prompt_vectors, alpha: float = 0.2, **kwargs):
+    def __init__(self, num_items: int, item_text_table, llm, prompt_vectors, alpha: float = 1.0,
+                 zero_init: bool = True, **kwargs):
         super().__init__(num_items=num_items, item_text_table=item_text_table, alpha=alpha, **kwargs)
         self.llm = llm
         self.llm.trainable = False
@@ -129,7 +133,10 @@ class KARModel(UserLevelRetrievalModel):
         if self.prompt_vectors.shape != (2, self.text_dim):
             raise ValueError(f"prompt_vectors must be [2, {self.text_dim}], got {self.prompt_vectors.shape}")
         self.adaptor = HybridExpertAdaptor(self.embedding_dim, num_types=2, name="hybrid_expert_adaptor")
-        self.fusion = keras.layers.Dense(self.embedding_dim, name="knowledge_fusion")
+        self.zero_init = bool(zero_init)
+        # zero_init: u == h_RS at initialisation (the branch starts with nothing to add).
+        self.fusion = keras.layers.Dense(self.embedding_dim, kernel_initializer="zeros" if self.zero_init
+                                         else "glorot_uniform", name="knowledge_fusion")
 
     def knowledge(self, history):
         """``(reasoning [B, d_llm], factual [B, d_llm])`` — frozen, no gradient.

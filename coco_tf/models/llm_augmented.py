@@ -16,6 +16,16 @@ item table, backbone and retrieval task; nothing duplicated) with
   "base + LLM branch" and the backbone keeps the full training signal. The
   paper's L_aux is InfoNCE on h_RS; ours covers the user-level position too.
 
+``rec_to_backbone=False`` (``coco.rec_to_backbone``) stops the user-level terms' gradient at
+``h_RS``: the backbone then trains exactly as the base model does, and ``L_r`` (and the VQ
+terms) train the LLM branch alone — the branch adds to a backbone it cannot disturb.
+
+The loss is ``L_r + α·L_aux + extras`` with ``α = coco.alpha`` (default 1: the
+backbone's objective at full weight; the paper's 0.2 made the backbone of our strong
+full-softmax SASRec half as good as the base, docs/results.md §7). During a base
+stage (``coco.base_epochs``) the trainer uses :meth:`base_loss_and_metrics` and ranks
+by :meth:`base_user` instead: the LLM branch is not run. Why these readings: docs/design.md §5.
+
 Subclasses implement ``user_vector(history, h_rs, states, training, target_ids)``
 returning ``(user [B, d], extra_losses: dict, metrics: dict)``.
 """
@@ -46,8 +56,10 @@ def random_prefix(history: tf.Tensor, seed=None):
 class UserLevelRetrievalModel(SequentialRetrievalModel):
     """Base: backbone → h_RS → (subclass) → user vector, loss ``L_r + α·L_aux + extras``."""
 
-    def __init__(self, num_items: int, item_text_table, alpha: float = 0.2, user_position: str = "last", **kwargs):
+    def __init__(self, num_items: int, item_text_table, alpha: float = 1.0, user_position: str = "last",
+                 rec_to_backbone: bool = True, **kwargs):
         super().__init__(num_items=num_items, item_text_table=item_text_table, **kwargs)
+        self.rec_to_backbone = bool(rec_to_backbone)
         if user_position not in ("last", "random"):
             raise ValueError(f"config key 'coco.user_position': must be one of last, random; got {user_position!r}")
         self.alpha = float(alpha)
@@ -76,6 +88,17 @@ class UserLevelRetrievalModel(SequentialRetrievalModel):
             return self.task(queries, target_ids, candidates=self.candidate_embeddings(target_ids))
         return self.task(queries, target_ids, self.item_table())
 
+    def base_user(self, history, training=None):
+        """``h_RS`` ``[B, d]``: the backbone's user vector alone (the base stage's ranking; with
+        ``zero_init`` an untrained LLM branch gives ``call`` exactly this)."""
+        return self._encode(history, training)[1]
+
+    def base_loss_and_metrics(self, features, training=False):
+        """The base stage's objective: the backbone's own, as the plain retrieval model trains it
+        (same per-position loss and normaliser); the LLM branch is not run."""
+        loss = super().compute_loss(features, training=training)
+        return loss, {"loss/aux": loss, "loss/total": loss}
+
     def compute_loss_and_metrics(self, features, training=False):
         """``(total loss, {name: scalar})`` — every loss term and the model's telemetry."""
         history, targets = features["history"], features["targets"]
@@ -88,6 +111,8 @@ class UserLevelRetrievalModel(SequentialRetrievalModel):
         else:
             at = last_valid_index(history != 0)
         target_ids = tf.gather(targets, at, batch_dims=1)  # [B] the next item of that position
+        if not self.rec_to_backbone:  # the backbone learns from its own objective only
+            seen_states, seen_rs = tf.stop_gradient(seen_states), tf.stop_gradient(seen_rs)
         user, extra_losses, metrics = self.user_vector(seen, seen_rs, seen_states, training=training,
                                                        target_ids=target_ids)
 

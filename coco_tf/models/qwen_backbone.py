@@ -1,7 +1,7 @@
 """``QwenBackbone``: a Qwen3 decoder in tf_keras, weight-compatible with keras-nlp.
 
 keras-nlp's ``Qwen3Backbone`` is Keras 3 and cannot run inside our
-parameter-server training graph (DESIGN.md §1), so this is our own tf_keras
+parameter-server training graph (docs/design.md §1), so this is our own tf_keras
 decoder with the same variables (same names, shapes and math) and LoRA on the
 query/value projections of chosen layers. ``tests/test_qwen_parity.py`` checks it
 against keras-nlp number by number.

@@ -51,11 +51,13 @@ class SequentialRetrievalModel(tfrs.Model):
         item_text_table=None,
         text_in_candidates: bool = False,
         seen_items=None,
+        zero_text_projection: bool = True,
         **kwargs,
     ):
         """``item_text_table``: ``[num_items + 1, d_llm]`` frozen LLM item vectors (row 0 zeros);
         needed by ``text_in_candidates`` (``model.item_text``), which also takes
-        ``seen_items``: bool ``[num_items + 1]``, the items of the training split."""
+        ``seen_items``: bool ``[num_items + 1]``, the items of the training split.
+        ``zero_text_projection`` (``coco.zero_init``): the text projection ``W`` starts at zero."""
         super().__init__(**kwargs)
         self.num_items = num_items
         self.embedding_dim = embedding_dim
@@ -88,7 +90,11 @@ class SequentialRetrievalModel(tfrs.Model):
             if seen.shape != (num_items + 1,):
                 raise ValueError(f"seen_items must have shape [{num_items + 1}], got {seen.shape}")
             self.item_seen = tf.Variable(seen[:, None], trainable=False, name="item_seen_mask")
-            self.text_projection = keras.layers.Dense(embedding_dim, use_bias=False, name="item_text_projection")
+            # zero_text_projection: W starts at 0, so the candidates start as the id embeddings alone
+            # (a random W makes W·text, ~50x the id rows' scale, dominate them: slower training).
+            self.text_projection = keras.layers.Dense(
+                embedding_dim, use_bias=False, kernel_initializer="zeros" if zero_text_projection else "glorot_uniform",
+                name="item_text_projection")
             self.text_projection.build([None, self.text_dim])  # created before the optimizer is built
         self.backbone = get_backbone(backbone)(
             self.item_embedding, max_len=max_len, hidden_dim=embedding_dim, name=backbone, **(backbone_kwargs or {})
@@ -195,7 +201,7 @@ def build_model(
             )
         common["item_text_table"] = llm_assets.item_text_table
     if m.item_text:
-        common.update(text_in_candidates=True, seen_items=seen_items)
+        common.update(text_in_candidates=True, seen_items=seen_items, zero_text_projection=cfg.coco.zero_init)
     if method == "base":
         return SequentialRetrievalModel(**common, name="sequential_retrieval")
     c = cfg.coco
@@ -207,7 +213,9 @@ def build_model(
             llm=llm_assets.make_decoder(lora_rank=0),
             prompt_vectors=llm_assets.kar_prompts,
             alpha=c.alpha,
+            zero_init=c.zero_init,
             user_position=c.user_position,
+            rec_to_backbone=c.rec_to_backbone,
             name="kar_retrieval",
         )
     from coco_tf.models.coco_model import CoCoModel
@@ -230,5 +238,9 @@ def build_model(
         user_position=c.user_position,
         beta=c.beta,
         gamma=c.gamma,
+        usage_weight=c.usage_weight,
+        usage_temperature=c.usage_temperature,
+        zero_init=c.zero_init,
+        rec_to_backbone=c.rec_to_backbone,
         name="coco_retrieval",
     )

@@ -3,7 +3,7 @@
 tf_keras ``Adam`` turns an ``IndexedSlices`` gradient into dense work: it
 decays the first and second moments of *every* row and moves every row, each
 step. For a 5,000,000 × 64 item table sharded over 2 PS that costs 0.85 s per
-step on this machine (DESIGN §7), whatever the batch size.
+step on this machine (docs/design.md §9), whatever the batch size.
 
 :class:`LazyAdam` (the TF-Addons / PyTorch ``SparseAdam`` rule) updates, for a
 sparse gradient, only the moments and weights of the rows in the gradient; a

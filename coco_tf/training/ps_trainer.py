@@ -101,6 +101,7 @@ from coco_tf.models.retrieval_model import build_model  # noqa: E402
 from coco_tf.training.lazy_adam import LazyAdam  # noqa: E402
 from coco_tf.training.trainer import (  # noqa: E402,F401
     SELECTION_METRIC,
+    base_stage_epochs,
     EpochEndMixin,
     Evaluator,
     count_batches,
@@ -182,7 +183,7 @@ def make_ps_optimizer(cfg: Config) -> LazyAdam:
     return LazyAdam(learning_rate=cfg.train.learning_rate, weight_decay=wd)
 
 
-def make_train_fn(strategy, model, optimizer, names=("loss",)):
+def make_train_fn(strategy, model, optimizer, names=("loss",), base_only: bool = False):
     """``fn(iterator, num_steps) -> float32 [len(names)]``: ``num_steps`` train steps on one worker.
 
     Each step is :func:`coco_tf.training.trainer.train_step` (the local trainer's step:
@@ -190,12 +191,13 @@ def make_train_fn(strategy, model, optimizer, names=("loss",)):
     result is the *sum* over the steps of ``names``: ``"loss"`` (summed over the
     worker's replicas) and the model's telemetry scalars (kar, coco; averaged over
     the replicas), stacked into one vector so that the chief fetches a single
-    tensor per scheduled function and divides by the steps itself.
+    tensor per scheduled function and divides by the steps itself. ``base_only``: the
+    kar/coco base stage's step (the backbone's objective alone).
     """
     names = tuple(names)
 
     def replica_step(batch):
-        return train_step(model, optimizer, batch, strategy.num_replicas_in_sync)
+        return train_step(model, optimizer, batch, strategy.num_replicas_in_sync, base_only=base_only)
 
     def one_step(batch):
         loss, telemetry = strategy.run(replica_step, args=(batch,))
@@ -262,10 +264,13 @@ class PSTrainer(EpochEndMixin):
         self.epoch_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch_step")
         self.best_score = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_score")
         self.stale_evals = tf.Variable(0, dtype=tf.int64, trainable=False, name="stale_evals")
+        self.base_stage = base_stage_epochs(cfg)
+        self.branch_joined = tf.Variable(self.base_stage == 0, trainable=False, name="branch_joined")
         self.already_finished = False
         self.checkpoint = tf.train.Checkpoint(
             model=self.model, optimizer=self.optimizer, epoch=self.epoch, best_score=self.best_score,
             stale_evals=self.stale_evals, step=self.step, epoch_step=self.epoch_step,
+            branch_joined=self.branch_joined,
         )
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, os.path.join(self.model_dir, "ckpt"), max_to_keep=cfg.train.keep_checkpoints
@@ -276,6 +281,9 @@ class PSTrainer(EpochEndMixin):
         self.evaluator = Evaluator(self.model, cfg.eval.ks, cfg.data.max_len, cfg.eval.batch_size,
                                    cfg.eval.exclude_history)
         self._train_fn = make_train_fn(self.strategy, self.model, self.optimizer, self._names)
+        self._base_names = ["loss", "loss/aux", "loss/total"]
+        self._base_train_fn = (make_train_fn(self.strategy, self.model, self.optimizer, self._base_names,
+                                             base_only=True) if self.base_stage else None)
         self.writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "tensorboard"))
         logging.info("item table shards: %s", table_placement(self.model))
 
@@ -334,6 +342,8 @@ class PSTrainer(EpochEndMixin):
             if saved is not None:
                 self.already_finished = True
                 return saved
+        else:
+            self._start_run()
         hist, _ = training_examples(self.split.train, cfg.data.max_len)
         lengths = np.array([len(h) for h in hist])
         # Every training position weighs the same, whichever batch it lands in (as in Trainer).
@@ -358,19 +368,21 @@ class PSTrainer(EpochEndMixin):
             done = int(self.epoch_step.numpy())
             start = done
             loss_value = float("nan")
-            epoch_sums = np.zeros(len(self._names))  # this process's steps of the epoch (resume: the rest)
+            base = self.in_base_stage()
+            train_fn, names = (self._base_train_fn, self._base_names) if base else (self._train_fn, self._names)
+            epoch_sums = np.zeros(len(names))  # this process's steps of the epoch (resume: the rest)
             while done < steps_per_epoch:
                 chunk_end = min(steps_per_epoch, (done // every + 1) * every)
                 sums = []  # one RemoteValue (a [len(names)] vector of step sums) per scheduled function
                 while done < chunk_end:
                     n = min(spe, chunk_end - done)
-                    sums.append(self.coordinator.schedule(self._train_fn, args=(iterator, tf.constant(n))))
+                    sums.append(self.coordinator.schedule(train_fn, args=(iterator, tf.constant(n))))
                     done += n
                 self.coordinator.join()
                 chunk_steps = chunk_end - int(self.epoch_step.numpy())
                 chunk_sums = np.sum([r.fetch() for r in sums], axis=0)
                 epoch_sums += chunk_sums
-                chunk_means = dict(zip(self._names, (chunk_sums / chunk_steps).tolist()))
+                chunk_means = dict(zip(names, (chunk_sums / chunk_steps).tolist()))
                 loss_value = float(epoch_sums[0] / (chunk_end - start))  # the epoch's running mean
                 self.step.assign_add(chunk_steps)
                 self.epoch_step.assign(chunk_end)
@@ -391,7 +403,7 @@ class PSTrainer(EpochEndMixin):
                       "train_seconds": round(time.time() - te, 2),
                       "step": int(self.step.numpy())}
             step = int(self.step.numpy())
-            self._add_telemetry(record, dict(zip(self._names[1:], epoch_sums[1:].tolist())), done - start, step)
+            self._add_telemetry(record, dict(zip(names[1:], epoch_sums[1:].tolist())), done - start, step)
             if self._end_epoch(epoch, step, record, history, checkpoint_number=step):
                 break
         return self._finish(train_seconds, train_examples, history)

@@ -7,7 +7,7 @@ blocks in ``join()``. The chief does not use this: it runs
 
 Each server gets ``inter_op_parallelism_threads >= num_workers + 1``: with
 fewer, closures from several workers queue behind each other and the cluster
-can hang on a 2-core host (DESIGN §7).
+can hang on a 2-core host (docs/design.md §9).
 
 TF's gRPC has no authentication or encryption: anyone who can reach a server's
 port can read and write its variables and run ops on it. Bind cluster ports on

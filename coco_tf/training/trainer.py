@@ -44,7 +44,7 @@ import tensorflow as tf
 import tf_keras as keras
 from absl import logging
 
-from coco_tf.config import Config, dump_config
+from coco_tf.config import Config, ConfigError, dump_config, load_config
 from coco_tf.data.errors import DataError
 from coco_tf.data.loader import load_dataset
 from coco_tf.data.pipeline import eval_dataset, train_dataset, training_examples
@@ -127,6 +127,9 @@ def model_inputs(cfg: Config, dataset, split, model_dir: str) -> Dict:
         from coco_tf.llm.assets import build_llm_assets
 
         llm_assets = build_llm_assets(cfg, dataset.titles, cfg.llm.cache_dir or os.path.join(model_dir, "cache"))
+        if cfg.llm.text_table_shuffle:
+            llm_assets.item_text_table = shuffle_item_rows(llm_assets.item_text_table)
+            logging.info("llm.text_table_shuffle: item text table rows permuted across items (control run)")
     seen = None
     if cfg.model.item_text:
         seen = training_item_mask(split.train, dataset.num_items)
@@ -135,14 +138,70 @@ def model_inputs(cfg: Config, dataset, split, model_dir: str) -> Dict:
     return {"llm_assets": llm_assets, "seen_items": seen, "attributes": dataset.attributes}
 
 
+def shuffle_item_rows(table: np.ndarray, seed: int = 0) -> np.ndarray:
+    """``table`` ``[num_items + 1, d]`` with rows 1.. permuted (fixed ``seed``; row 0, padding, kept):
+    every item carries another item's text vector, and the table's statistics are unchanged."""
+    perm = np.random.default_rng(seed).permutation(np.arange(1, table.shape[0]))
+    return np.concatenate([table[:1], table[perm]], axis=0)
+
+
+def base_stage_epochs(cfg: Config) -> int:
+    """Epochs of the kar/coco base stage: ``coco.base_epochs``, at most half of ``train.epochs``;
+    0 for ``base``, with ``coco.init_from`` (a trained backbone), or when switched off."""
+    if cfg.coco.method == "base" or cfg.coco.init_from:
+        return 0
+    return min(cfg.coco.base_epochs, cfg.train.epochs // 2)
+
+
+# What must agree between this run and the run that coco.init_from names (the backbone and item table).
+WARM_START_KEYS = ("data.max_len", "model.backbone", "model.embedding_dim", "model.num_blocks", "model.num_heads",
+                   "model.ffn_dim", "model.item_text", "model.attributes", "llm.preset", "llm.checkpoint")
+
+
+def warm_start(model, cfg: Config) -> str:
+    """Restores ``coco.init_from``'s best checkpoint (else its latest) into ``model``: every variable
+    the two models share by name (the backbone, the item table, ``model.item_text``'s projection).
+    Returns the checkpoint path; raises ConfigError naming the mismatch when the runs disagree."""
+    run_dir = cfg.coco.init_from
+    theirs_path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(theirs_path):
+        raise ConfigError(f"config key 'coco.init_from': {run_dir!r} is not a run directory (no config.yaml)")
+    theirs = load_config(theirs_path)
+    for key in WARM_START_KEYS:
+        section, name = key.split(".")
+        mine, other = getattr(getattr(cfg, section), name), getattr(getattr(theirs, section), name)
+        if key in ("model.attributes",) and cfg.model.backbone not in ("fdsa", "s3rec"):
+            continue
+        if key.startswith("llm.") and not cfg.model.item_text:
+            continue
+        if mine != other:
+            raise ConfigError(f"config key 'coco.init_from': {key} is {other!r} in {theirs_path} but {mine!r} "
+                              "here; the backbone must have the same shape")
+    path = (tf.train.latest_checkpoint(os.path.join(run_dir, "best"))
+            or tf.train.latest_checkpoint(os.path.join(run_dir, "ckpt")))
+    if not path:
+        raise ConfigError(f"config key 'coco.init_from': {run_dir!r} holds no checkpoint (best/ or ckpt/)")
+    shapes = dict(tf.train.list_variables(path))
+    table_key = "model/item_embedding/embeddings/.ATTRIBUTES/VARIABLE_VALUE"
+    want = [model.num_items + 1, model.embedding_dim]
+    if table_key in shapes and list(shapes[table_key]) != want:
+        raise ConfigError(f"config key 'coco.init_from': {path} has an item table of {shapes[table_key][0] - 1} "
+                          f"items, this catalog has {model.num_items}")
+    tf.train.Checkpoint(model=model).restore(path).expect_partial()
+    return path
+
+
 def apply_gradients(optimizer, grads, variables) -> None:
     """Variables outside this objective (S3Rec's pre-training heads while fine-tuning, a
     [MASK] embedding, a frozen codebook) have no gradient: skipped quietly."""
     optimizer.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
 
 
-def train_step(model, optimizer, batch, num_replicas: int = 1):
+def train_step(model, optimizer, batch, num_replicas: int = 1, base_only: bool = False):
     """One optimizer step on ``batch``, for both trainers: ``(loss, telemetry)``.
+
+    ``base_only`` (kar/coco base stage): the backbone's own objective
+    (``base_loss_and_metrics``); the LLM branch's variables get no gradient.
 
     Models with telemetry (kar, coco: ``compute_loss_and_metrics``) give every loss
     term and their diagnostics as ``{name: scalar}``; the others ``{}``. The loss
@@ -151,7 +210,9 @@ def train_step(model, optimizer, batch, num_replicas: int = 1):
     its batch mean) that equals ``tf.nn.compute_average_loss`` for the base model.
     """
     with tf.GradientTape() as tape:
-        if hasattr(model, "compute_loss_and_metrics"):
+        if base_only:
+            loss, telemetry = model.base_loss_and_metrics(batch, training=True)
+        elif hasattr(model, "compute_loss_and_metrics"):
             loss, telemetry = model.compute_loss_and_metrics(batch, training=True)
         else:
             loss, telemetry = model.compute_loss(batch, training=True), {}
@@ -176,21 +237,27 @@ class Evaluator:
             "target": tf.TensorSpec([None], tf.int64),
         }
         self._step = tf.function(self._ranks, input_signature=[spec])
+        self._base_step = tf.function(lambda b: self._ranks(b, base_only=True), input_signature=[spec])
         self._datasets = {}  # id(EvalSet) -> (EvalSet, dataset); the set is kept so its id stays unique
 
-    def _ranks(self, batch):
-        user = self.model({"history": batch["history"]}, training=False)
+    def _ranks(self, batch, base_only=False):
+        if base_only:  # kar/coco base stage: the backbone's h_RS, the LLM branch not run
+            user = self.model.base_user(batch["history"], training=False)
+        else:
+            user = self.model({"history": batch["history"]}, training=False)
         scores = self.model.score_all(user)
         history = batch["history"] if self.exclude_history else None
         return target_ranks(scores, batch["target"], history)
 
-    def evaluate(self, eval_set: EvalSet) -> Dict[str, float]:
+    def evaluate(self, eval_set: EvalSet, base_only: bool = False) -> Dict[str, float]:
+        """Metrics over ``eval_set``; ``base_only``: rank by the backbone's ``h_RS`` (kar/coco)."""
         metrics = RankingMetrics(self.ks)
+        step = self._base_step if base_only else self._step
         key = id(eval_set)
         if key not in self._datasets:  # padded once per split, not at every validation
             self._datasets[key] = (eval_set, eval_dataset(eval_set, self.max_len, self.batch_size))
         for batch in self._datasets[key][1]:
-            metrics.update(self._step(batch).numpy())
+            metrics.update(step(batch).numpy())
         return metrics.result()
 
 
@@ -206,7 +273,7 @@ class EpochEndMixin:
         cfg = self.cfg
         if not (epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs):
             return False
-        valid = self.evaluator.evaluate(self.split.valid)
+        valid = self.evaluator.evaluate(self.split.valid, base_only=self.in_base_stage())
         record["valid"] = valid
         with self.writer.as_default():
             for k, v in valid.items():
@@ -227,6 +294,48 @@ class EpochEndMixin:
         patience = cfg.train.early_stopping_patience
         return patience > 0 and int(self.stale_evals.numpy()) >= patience
 
+    def in_base_stage(self) -> bool:
+        """Whether the kar/coco base stage is on: the backbone trains alone (``base_stage_epochs``)."""
+        return not bool(self.branch_joined.numpy())
+
+    def _start_run(self) -> None:
+        """A new run (no checkpoint of its own): ``coco.init_from``'s weights, if set. The warm-started
+        model is validated and saved as best checkpoint 0, so that the run's best epoch is never
+        below where it started (``metrics.json`` ``best_epoch`` 0: no epoch improved on it)."""
+        if not self.cfg.coco.init_from:
+            return
+        path = warm_start(self.model, self.cfg)
+        valid = self.evaluator.evaluate(self.split.valid)
+        self.best_score.assign(valid[SELECTION_METRIC])
+        self.best_manager.save(checkpoint_number=0)
+        self.warm_start_record = {"from": path, "valid": valid}
+        logging.info("coco.init_from: started from %s (valid %s)", path, valid)
+        if self.cfg.runtime.progress:
+            print(f"started from {path} (coco.init_from): valid {SELECTION_METRIC}="
+                  f"{valid[SELECTION_METRIC]:.4f}", flush=True)
+
+    def _maybe_join(self, epoch: int, record: Dict) -> None:
+        """Ends the base stage when it is due (its epochs are spent, or validation stalled for
+        ``coco.base_patience`` evaluations): the best checkpoint so far (a base-stage epoch) is
+        restored, the LLM branch joins, and the full model's validation at that point goes into
+        ``record["branch_joins"]`` (with ``coco.zero_init`` it equals the best base epoch's)."""
+        cfg = self.cfg
+        if not self.in_base_stage():
+            return
+        if epoch < self.base_stage and int(self.stale_evals.numpy()) < cfg.coco.base_patience:
+            return
+        best = self.best_manager.latest_checkpoint
+        if best:
+            tf.train.Checkpoint(model=self.model).restore(best).expect_partial()
+        self.branch_joined.assign(True)
+        self.stale_evals.assign(0)
+        valid = self.evaluator.evaluate(self.split.valid)
+        record["branch_joins"] = {"from_epoch": int(best.rsplit("-", 1)[-1]) if best else epoch, "valid": valid}
+        logging.info("the LLM branch joins after epoch %d: %s", epoch, record["branch_joins"])
+        if cfg.runtime.progress:
+            print(f"  base stage done; the LLM branch joins from epoch {record['branch_joins']['from_epoch']} "
+                  f"(valid ndcg@10={valid[SELECTION_METRIC]:.4f})", flush=True)
+
     def _add_telemetry(self, record: Dict, sums: Dict[str, float], steps: int, step: int) -> None:
         """Epoch means of the step telemetry (kar, coco: ``sums`` over ``steps`` steps) into
         ``record["telemetry"]`` (history.json) and TensorBoard ``train_epoch/<name>``."""
@@ -239,7 +348,12 @@ class EpochEndMixin:
 
     def _end_epoch(self, epoch: int, step: int, record: Dict, history: list, checkpoint_number: int) -> bool:
         """Validates, appends the epoch to history.json, checkpoints; returns whether to stop early."""
+        if getattr(self, "warm_start_record", None) and not history:
+            record["warm_start"] = self.warm_start_record
         stop = self._validate(epoch, step, record)
+        if self.in_base_stage():  # a stalled base stage hands over to the branch instead of stopping
+            stop = False
+            self._maybe_join(epoch, record)
         record["wall_seconds"] = self._wall_seconds()
         history.append(record)
         # history.json first: if the checkpoint then fails (disk full, kill), the resumed run drops
@@ -347,6 +461,8 @@ class Trainer(EpochEndMixin):
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.best_score = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_score")
         self.stale_evals = tf.Variable(0, dtype=tf.int64, trainable=False, name="stale_evals")
+        self.base_stage = base_stage_epochs(cfg)
+        self.branch_joined = tf.Variable(self.base_stage == 0, trainable=False, name="branch_joined")
         # A checkpoint within an epoch (train.checkpoint_every_steps): the steps of the epoch done
         # and, as JSON, their loss / telemetry sums, so the epoch's means cover all its steps.
         self.epoch_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch_step")
@@ -358,6 +474,7 @@ class Trainer(EpochEndMixin):
             epoch=self.epoch,
             best_score=self.best_score,
             stale_evals=self.stale_evals,
+            branch_joined=self.branch_joined,
             epoch_step=self.epoch_step,
             epoch_partial=self.epoch_partial,
         )
@@ -377,6 +494,8 @@ class Trainer(EpochEndMixin):
         # Models with telemetry (kar, coco) report {name: scalar} per step (train_step).
         self._train_step = tf.function(lambda batch: train_step(self.model, self.optimizer, batch),
                                        input_signature=[spec])
+        self._base_train_step = tf.function(lambda batch: train_step(self.model, self.optimizer, batch,
+                                                                     base_only=True), input_signature=[spec])
         self.writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "tensorboard"))
 
     # ------------------------------------------------------------------ steps
@@ -452,8 +571,10 @@ class Trainer(EpochEndMixin):
             return
         logging.warning("%s predates exact resume: resuming after its epoch with fresh dropout random state "
                         "(the run will not match an uninterrupted one exactly)", path)
-        tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, epoch=self.epoch, best_score=self.best_score,
-                            stale_evals=self.stale_evals).restore(path).assert_existing_objects_matched()
+        old = {"model": self.model, "optimizer": self.optimizer, "epoch": self.epoch, "best_score": self.best_score,
+               "stale_evals": self.stale_evals, "branch_joined": getattr(self, "branch_joined", None)}
+        tf.train.Checkpoint(**{k: v for k, v in old.items() if k in names and v is not None}).restore(
+            path).assert_existing_objects_matched()
 
     # ------------------------------------------------------------------ loop
 
@@ -469,6 +590,8 @@ class Trainer(EpochEndMixin):
             if saved is not None:
                 self.already_finished = True
                 return saved
+        else:
+            self._start_run()
 
         ds = train_dataset(
             self.split.train, cfg.data.max_len, cfg.train.batch_size, cfg.train.seed, cfg.data.bucket_by_length
@@ -496,10 +619,11 @@ class Trainer(EpochEndMixin):
             partial = json.loads(self.epoch_partial.numpy().decode() or "{}") if start else {}
             loss_sum, telemetry_sum = partial.get("loss_sum", 0.0), partial.get("telemetry_sum", {})
             telemetry_steps, seconds_before = start, partial.get("train_seconds", 0.0)
+            step_fn = self._base_train_step if self.in_base_stage() else self._train_step
             epoch_ds = train_dataset(self.split.train, cfg.data.max_len, cfg.train.batch_size, cfg.train.seed,
                                      cfg.data.bucket_by_length, epoch=epoch)
             for i, batch in enumerate(epoch_ds.skip(start) if start else epoch_ds, start=start):
-                out, telemetry = self._train_step(batch)
+                out, telemetry = step_fn(batch)
                 telemetry = {k: float(v) for k, v in telemetry.items()}
                 for k, v in telemetry.items():
                     telemetry_sum[k] = telemetry_sum.get(k, 0.0) + v

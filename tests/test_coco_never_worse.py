@@ -1,0 +1,160 @@
+"""CoCo and KAR start exactly where their backbone is (coco.zero_init), and the two warm starts:
+the in-run base stage (coco.base_epochs) and coco.init_from; the shuffled-text control."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from coco_tf.config import ConfigError, load_config
+from coco_tf.models.retrieval_model import build_model
+from coco_tf.training.trainer import Trainer, shuffle_item_rows
+
+TINY = [
+    "data.synthetic_num_users=160",
+    "data.synthetic_num_items=60",
+    "data.synthetic_max_len=10",
+    "data.max_len=8",
+    "model.embedding_dim=16",
+    "model.num_blocks=1",
+    "model.dropout=0.1",
+    "train.batch_size=64",
+    "train.learning_rate=0.005",
+    "train.loss=in_batch",
+    "coco.codebook_size=8",
+    "coco.max_prompts=3",
+    "coco.threshold=0.2",
+    "llm.lora_rank=4",
+    "runtime.progress=false",
+]
+
+
+def _trainer(tmp_path, name, *overrides, epochs=2):
+    cfg = load_config(overrides=TINY + [f"train.epochs={epochs}", f"runtime.model_dir={tmp_path / name}",
+                                        f"llm.cache_dir={tmp_path / 'cache'}", *overrides])
+    return Trainer(cfg)
+
+
+@pytest.mark.parametrize("method", ["coco", "kar"])
+def test_untrained_branch_ranks_exactly_as_the_backbone(tmp_path, method):
+    """Same backbone and item-table weights: the same top-10 for every user (and the same scores)."""
+    base = _trainer(tmp_path, "base", "coco.method=base")
+    aug = _trainer(tmp_path, method, f"coco.method={method}", "model.dropout=0.0")
+    base._build()
+    aug._build()
+    # The base model's weights (backbone + item table) into the augmented model, by object path.
+    path = tf.train.Checkpoint(model=base.model).save(str(tmp_path / "base_ckpt" / "ckpt"))
+    tf.train.Checkpoint(model=aug.model).restore(path).expect_partial()
+    pairs = list(zip(base.model.backbone.variables, aug.model.backbone.variables))  # it holds the item table
+    assert len(pairs) == len(base.model.variables)
+    for a, b in pairs:
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    history = tf.constant(_pad(aug.split.test.histories, 8), tf.int64)
+    u_base = base.model({"history": history}, training=False)
+    u_aug = aug.model({"history": history}, training=False)
+    np.testing.assert_array_equal(u_aug.numpy(), u_base.numpy())
+    top_base = tf.math.top_k(base.model.score_all(u_base), 10).indices.numpy()
+    top_aug = tf.math.top_k(aug.model.score_all(u_aug), 10).indices.numpy()
+    np.testing.assert_array_equal(top_aug, top_base)
+    # The paper's reading (random init) does move the ranking: the test can fail.
+    paper = _trainer(tmp_path, method + "_paper", f"coco.method={method}", "coco.zero_init=false")
+    paper._build()
+    tf.train.Checkpoint(model=paper.model).restore(path).expect_partial()
+    assert np.abs(paper.model({"history": history}, training=False).numpy() - u_base.numpy()).max() > 1e-3
+
+
+def test_item_text_candidates_start_as_the_id_embeddings(tmp_path):
+    """model.item_text with the zero-initialised text projection: every seen item scores as in base."""
+    base = _trainer(tmp_path, "base", "coco.method=base", "model.dropout=0.0")
+    text = _trainer(tmp_path, "text", "coco.method=base", "model.item_text=true", "model.dropout=0.0")
+    base._build()
+    text._build()
+    path = tf.train.Checkpoint(model=base.model).save(str(tmp_path / "base_ckpt" / "ckpt"))
+    tf.train.Checkpoint(model=text.model).restore(path).expect_partial()
+    history = tf.constant(_pad(text.split.test.histories, 8), tf.int64)
+    seen = text.model.item_seen.numpy()[:, 0] > 0
+    s_base = base.model.score_all(base.model({"history": history})).numpy()[:, seen]
+    s_text = text.model.score_all(text.model({"history": history})).numpy()[:, seen]
+    np.testing.assert_array_equal(s_text, s_base)
+    assert float(np.abs(text.model.text_projection.kernel.numpy()).max()) == 0.0
+
+
+def _pad(histories, max_len):
+    out = np.zeros([len(histories), max_len], np.int64)
+    for i, h in enumerate(histories):
+        h = list(h)[-max_len:]
+        out[i, max_len - len(h):] = h
+    return out
+
+
+def test_base_stage_then_branch_joins_at_the_base_validation(tmp_path):
+    trainer = _trainer(tmp_path, "coco", "coco.method=coco", "coco.base_epochs=2", "coco.base_patience=5",
+                       epochs=4)
+    assert trainer.base_stage == 2 and trainer.in_base_stage()
+    result = trainer.run()
+    history = json.load(open(tmp_path / "coco" / "history.json"))
+    assert [("branch_joins" in r) for r in history] == [False, True, False, False]
+    join = history[1]["branch_joins"]
+    best_base = max(history[:2], key=lambda r: r["valid"]["ndcg@10"])
+    assert join["from_epoch"] == best_base["epoch"]
+    for k, v in best_base["valid"].items():  # the full model at the join ranks as the best base epoch
+        assert join["valid"][k] == pytest.approx(v, abs=1e-6), k
+    # Base-stage epochs train the backbone objective only; the joint epochs run the LLM branch.
+    assert "loss/rec" not in history[0]["telemetry"] and "loss/rec" in history[2]["telemetry"]
+    assert not trainer.in_base_stage()
+    assert result["best_epoch"] >= join["from_epoch"]
+
+
+def test_base_stage_is_at_most_half_the_budget_and_off_for_base():
+    from coco_tf.training.trainer import base_stage_epochs
+    assert base_stage_epochs(load_config(overrides=["coco.method=coco", "train.epochs=30"])) == 10
+    assert base_stage_epochs(load_config(overrides=["coco.method=coco", "train.epochs=3"])) == 1
+    assert base_stage_epochs(load_config(overrides=["coco.method=base", "train.epochs=30"])) == 0
+    assert base_stage_epochs(load_config(overrides=["coco.method=kar", "coco.init_from=/x"])) == 0
+
+
+def test_init_from_restores_the_base_run_and_checks_its_shape(tmp_path):
+    base = _trainer(tmp_path, "base", "coco.method=base", epochs=2)
+    base_result = base.run()
+    coco = _trainer(tmp_path, "coco", "coco.method=coco", f"coco.init_from={tmp_path / 'base'}",
+                    "model.dropout=0.0", epochs=1)
+    assert coco.base_stage == 0
+    coco._build()
+    coco._start_run()
+    # The base run's best model, restored: its test metrics are the warm-started model's at step 0.
+    from coco_tf.training.trainer import Evaluator
+    ev = Evaluator(coco.model, [5, 10, 20], 8, 512)
+    got = ev.evaluate(coco.split.test)
+    for k, v in base_result["test"].items():
+        assert got[k] == pytest.approx(v, abs=1e-6), k
+
+    # The warm start is validated and kept as best checkpoint 0.
+    assert coco.warm_start_record["valid"] == pytest.approx(base_result["valid"], abs=1e-6)
+    assert coco.best_manager.latest_checkpoint.endswith("-0")
+
+    wrong = _trainer(tmp_path, "wrong", "coco.method=coco", f"coco.init_from={tmp_path / 'base'}",
+                     "model.embedding_dim=8", epochs=1)
+    wrong._build()
+    with pytest.raises(ConfigError, match="model.embedding_dim is 16 .* but 8 here"):
+        wrong._start_run()
+    missing = _trainer(tmp_path, "missing", "coco.method=coco", f"coco.init_from={tmp_path / 'nope'}", epochs=1)
+    with pytest.raises(ConfigError, match="not a run directory"):
+        missing._start_run()
+
+
+def test_shuffled_text_table_permutes_items_not_padding():
+    table = np.arange(12, dtype=np.float32).reshape(6, 2)
+    table[0] = 0
+    out = shuffle_item_rows(table)
+    np.testing.assert_array_equal(out[0], 0)
+    assert sorted(map(tuple, out[1:])) == sorted(map(tuple, table[1:]))
+    assert (out[1:] != table[1:]).any()
+    np.testing.assert_array_equal(shuffle_item_rows(table), out)  # fixed permutation
+
+
+def test_shuffle_control_reaches_the_model(tmp_path):
+    plain = _trainer(tmp_path, "plain", "coco.method=kar")
+    shuffled = _trainer(tmp_path, "shuffled", "coco.method=kar", "llm.text_table_shuffle=true")
+    a, b = plain.llm_assets.item_text_table, shuffled.llm_assets.item_text_table
+    np.testing.assert_array_equal(b, shuffle_item_rows(a))
