@@ -135,7 +135,9 @@ class LLMConfig:
     lora_rank: int = _field(8, "LoRA rank r on the query and value projections")
     lora_alpha: float = _field(16.0, "LoRA scaling alpha (update scaled by alpha / r)")
     lora_dropout: float = _field(0.05, "dropout on the LoRA branch input")
-    cache_dir: str = _field("", "where the item text table is cached (empty: <model_dir>/cache)")
+    cache_dir: str = _field(
+        "", "where the item text table and the in-run pretrained decoder are cached (empty: <model_dir>/cache)"
+    )
 
 
 @dataclasses.dataclass

@@ -42,6 +42,7 @@ settings) once and reuses it after.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -126,8 +127,15 @@ def _copy_tokenizer(cfg, tokenizer, out_dir):
     save_tokenizer(tokenizer, out_dir)
 
 
-def pretrain(cfg, catalog, out_dir: str, verbose: int = 1) -> Dict:
-    """Pretrains the decoder of ``cfg.llm`` on ``catalog``'s item text into ``out_dir``; returns the report.
+@dataclasses.dataclass
+class PretrainResult:
+    report: Dict       # what pretrain_report.json holds
+    backbone: object   # the trained QwenBackbone in memory (LoRA merged), as written to out_dir
+    tokenizer: object  # the TitleTokenizer saved into out_dir
+
+
+def pretrain(cfg, catalog, out_dir: str, verbose: int = 1) -> PretrainResult:
+    """Pretrains the decoder of ``cfg.llm`` on ``catalog``'s item text into ``out_dir``.
 
     Args:
         cfg: the resolved config (``llm.*``, ``train.seed``, ``coco.codebook_size``).
@@ -282,7 +290,7 @@ def pretrain(cfg, catalog, out_dir: str, verbose: int = 1) -> Dict:
     if verbose:
         print(probe.format_table({"before (" + settings["source"] + ")": before, "after": after,
                                   "TF-IDF (titles)": tfidf}), flush=True)
-    return report
+    return PretrainResult(report, backbone, tokenizer)
 
 
 def cache_key(cfg, texts) -> str:
@@ -344,7 +352,7 @@ def main(argv=None) -> int:
         if cfg.runtime.threads:
             tf.config.threading.set_intra_op_parallelism_threads(cfg.runtime.threads)
         catalog = load_dataset(cfg.data)
-        report = pretrain(cfg, catalog, args.out, verbose=1 if cfg.runtime.progress else 0)
+        report = pretrain(cfg, catalog, args.out, verbose=1 if cfg.runtime.progress else 0).report
     except (ConfigError, DataError, ValueError, OSError) as e:
         print(f"pretrain: error: {e}", file=sys.stderr)
         return 2
