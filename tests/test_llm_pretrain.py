@@ -1,6 +1,6 @@
 """Decoder pretraining and knowledge probes on a planted catalog (tiny decoder, seconds each).
 
-The planted catalog: 8 categories, each with its own 12 product words; a title is
+The planted catalog: 8 categories, each with its own 20 random product words; a title is
 a shared brand word, ONE word of its category and two shared filler words, so a
 title alone shares few words with its category mates. The category path is in
 the item metadata (``items.tsv`` ``categories``), and pretraining reads
@@ -22,14 +22,17 @@ from coco_tf.llm import pretrain as pt
 from coco_tf.llm import probe
 from coco_tf.llm.item_text import item_texts, template_fields
 
-NUM_CATEGORIES, WORDS_PER_CATEGORY, NUM_ITEMS = 8, 12, 320
+NUM_CATEGORIES, WORDS_PER_CATEGORY, NUM_ITEMS = 8, 20, 320
 TEMPLATE = "{title} | {categories}"
 
 
 def _write_catalog(path, empty_titles=False):
     rng = np.random.default_rng(0)
-    syllables = ["ka", "lo", "mi", "ru", "te", "vo", "zi", "pa", "ne", "su", "do", "fe"]
-    cat_words = [[f"{syllables[c]}{syllables[w]}x" for w in range(WORDS_PER_CATEGORY)] for c in range(NUM_CATEGORIES)]
+    letters = list("bcdfghjklmnpqrstvwz")
+    # Unrelated random words (no shared prefix a word-piece could split off), 20 per category.
+    words = sorted({"".join(rng.choice(letters, 6)) for _ in range(4 * NUM_CATEGORIES * WORDS_PER_CATEGORY)})
+    words = [words[j] for j in rng.permutation(len(words))[: NUM_CATEGORIES * WORDS_PER_CATEGORY]]
+    cat_words = [words[c * WORDS_PER_CATEGORY:(c + 1) * WORDS_PER_CATEGORY] for c in range(NUM_CATEGORIES)]
     cat_names = ["Alpha", "Bravo", "Charlie", "Delta", "Echo", "Foxtrot", "Golf", "Hotel"]
     fillers = [f"fill{j}" for j in range(24)]
     brands = [f"brand{j}" for j in range(10)]
@@ -50,7 +53,7 @@ def _write_catalog(path, empty_titles=False):
 def _cfg(data_dir, *overrides):
     return load_config(overrides=[
         "data.source=text", f"data.path={data_dir}", f"llm.item_text_template={TEMPLATE}",
-        "llm.pretrain_epochs=12", "llm.pretrain_learning_rate=0.01", "llm.pretrain_batch_size=32",
+        "llm.pretrain_epochs=25", "llm.pretrain_learning_rate=0.01", "llm.pretrain_batch_size=32",
         "coco.codebook_size=8", "runtime.progress=false", *overrides,
     ])
 
@@ -75,7 +78,7 @@ def test_pretraining_lowers_heldout_perplexity_and_raises_category_agreement(tra
     probes = result.report["probes"]
     before, after, tfidf = probes["before"], probes["after"], probes["tfidf"]
     assert after["heldout_perplexity"] < 0.5 * before["heldout_perplexity"], probes
-    assert after["category_agreement"] > before["category_agreement"] + 0.15, probes
+    assert after["category_agreement"] > before["category_agreement"] + 0.1, probes
     assert 0.0 <= tfidf["category_agreement"] <= 1.0
     with open(os.path.join(out, pt.REPORT_FILE)) as f:
         assert json.load(f)["probes"]["after"] == pytest.approx(after)
