@@ -102,13 +102,42 @@ class ModelConfig:
 @dataclasses.dataclass
 class LLMConfig:
     preset: str = _field(
-        "tiny", "decoder shape preset", choices=("tiny", "qwen3_0.6b", "qwen3_1.7b", "qwen3_4b", "qwen3_8b")
+        "tiny",
+        "decoder shape preset (random weights unless llm.checkpoint or llm.pretrain_epochs; small = 4 layers, "
+        "hidden 256, the size worth pretraining on CPU)",
+        choices=("tiny", "small", "qwen3_0.6b", "qwen3_1.7b", "qwen3_4b", "qwen3_8b"),
     )
-    checkpoint: str = _field("", "local directory of converted decoder weights (empty: random tiny decoder)")
+    checkpoint: str = _field(
+        "",
+        "local decoder directory written by python -m coco_tf.llm.convert or python -m coco_tf.llm.pretrain "
+        "(empty: the llm.preset decoder, random or pretrained in-run)",
+    )
+    item_text_template: str = _field(
+        "{title}",
+        "the text the decoder reads per item, for the item text table, the word-piece vocabulary and "
+        "pretraining; placeholders {title}, {categories} (category paths), {brand}",
+    )
+    pretrain_epochs: int = _field(
+        0,
+        "with llm.checkpoint empty: first pretrain the preset decoder this many epochs (causal LM) on the "
+        "catalog's item text, cached by content hash in the cache dir (0: off); python -m coco_tf.llm.pretrain "
+        "needs it > 0",
+    )
+    pretrain_batch_size: int = _field(64, "decoder pretraining: item texts per step")
+    pretrain_learning_rate: float = _field(
+        1e-3, "decoder pretraining: Adam peak learning rate (cosine decay to 10%, gradient norm clipped at 1)"
+    )
+    pretrain_train_all: bool = _field(
+        False,
+        "decoder pretraining from llm.checkpoint: train every weight instead of LoRA (q, v; merged when written); "
+        "presets always train every weight",
+    )
     lora_rank: int = _field(8, "LoRA rank r on the query and value projections")
     lora_alpha: float = _field(16.0, "LoRA scaling alpha (update scaled by alpha / r)")
     lora_dropout: float = _field(0.05, "dropout on the LoRA branch input")
-    cache_dir: str = _field("", "where the item text table is cached (empty: <model_dir>/cache)")
+    cache_dir: str = _field(
+        "", "where the item text table and the in-run pretrained decoder are cached (empty: <model_dir>/cache)"
+    )
     text_table_shuffle: bool = _field(
         False,
         "control run: permute the item text table's rows across items (fixed seed), so that every item "
@@ -465,6 +494,20 @@ def validate(cfg: Config) -> None:
                        ("coco.base_epochs", cfg.coco.base_epochs), ("coco.usage_weight", cfg.coco.usage_weight)):
         if value < 0:
             raise ConfigError(f"config key '{key}': must be >= 0, got {value}")
+    from coco_tf.llm.item_text import template_fields
+
+    try:
+        template_fields(cfg.llm.item_text_template)
+    except ValueError as e:
+        raise ConfigError(f"config key 'llm.item_text_template': {e}") from None
+    if cfg.llm.pretrain_epochs < 0:
+        raise ConfigError(f"config key 'llm.pretrain_epochs': must be >= 0, got {cfg.llm.pretrain_epochs}")
+    if cfg.llm.pretrain_batch_size <= 0:
+        raise ConfigError(f"config key 'llm.pretrain_batch_size': must be > 0, got {cfg.llm.pretrain_batch_size}")
+    if cfg.llm.pretrain_learning_rate <= 0:
+        raise ConfigError(
+            f"config key 'llm.pretrain_learning_rate': must be > 0, got {cfg.llm.pretrain_learning_rate}"
+        )
     if cfg.data.source == "synthetic" and cfg.data.synthetic_min_len < 3:
         raise ConfigError("config key 'data.synthetic_min_len': must be >= 3 (train, validation and test items)")
 

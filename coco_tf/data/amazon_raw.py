@@ -120,6 +120,7 @@ def read_amazon_raw(path: str, category: str, k: int = 5, on_bad_line: str = "er
     brand_vocab, cat_vocab = {"": 0}, {"": 0}
     brand = np.zeros(len(titles), dtype=np.int32)
     cat = np.zeros(len(titles), dtype=np.int32)
+    cat_paths, brands = [""] * len(titles), [""] * len(titles)
     for asin, i in item_ids.items():
         m = meta.get(asin)
         if m is None:
@@ -130,7 +131,9 @@ def read_amazon_raw(path: str, category: str, k: int = 5, on_bad_line: str = "er
             handler.report.add(meta_path, None, "item has no title (empty title kept)")
         titles[i] = title
         brand[i] = brand_vocab.setdefault(str(m.get("brand", "") or "").strip(), len(brand_vocab))
+        brands[i] = str(m.get("brand", "") or "").strip()
         cats = m.get("categories") or [[]]
+        cat_paths[i] = " | ".join(">".join(str(c).strip() for c in path) for path in cats if path)
         leaf = str(cats[0][-1]).strip() if cats and cats[0] else ""
         cat[i] = cat_vocab.setdefault(leaf, len(cat_vocab))
 
@@ -140,6 +143,7 @@ def read_amazon_raw(path: str, category: str, k: int = 5, on_bad_line: str = "er
         titles=titles,
         attributes={"category": cat, "brand": brand},
         attribute_vocab={"category": list(cat_vocab), "brand": list(brand_vocab)},
+        item_fields={"categories": cat_paths, "brand": brands},
         user_external_ids=list(by_user),
         item_external_ids=[""] + list(item_ids),
         skipped=handler.report,

@@ -26,6 +26,10 @@ class SequenceDataset:
       attributes: name -> int32 array ``[num_items + 1]`` of attribute-value ids
         (0 = unknown/padding), e.g. ``category``, ``brand``.
       attribute_vocab: name -> list of attribute-value strings (index 0 = "").
+      item_fields: name -> ``num_items + 1`` strings of item metadata text beyond the
+        title (``categories``: the full category path(s), ``>``-joined, several joined
+        by `` | ``; ``brand``), where the data has them; index 0 = "". Read by the
+        LLM item text template (``llm.item_text_template``).
       user_external_ids / item_external_ids: ids as in the source files.
       skipped: lines skipped while reading (``data.on_bad_line=skip``).
     """
@@ -35,6 +39,7 @@ class SequenceDataset:
     titles: List[str]
     attributes: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     attribute_vocab: Dict[str, List[str]] = dataclasses.field(default_factory=dict)
+    item_fields: Dict[str, List[str]] = dataclasses.field(default_factory=dict)
     user_external_ids: Optional[List[str]] = None
     item_external_ids: Optional[List[str]] = None
     skipped: SkipReport = dataclasses.field(default_factory=SkipReport)

@@ -138,6 +138,10 @@ def generate_synthetic(
             "brand": [""] + brand_names,
             "style": [""] + STYLES,
         },
+        item_fields={
+            "categories": [""] + [CATEGORIES[cat[i]][0] + ">" + CATEGORIES[cat[i]][1] for i in range(1, num_items + 1)],
+            "brand": [""] + [brand_names[brand[i]] for i in range(1, num_items + 1)],
+        },
         user_external_ids=[str(u + 1) for u in range(num_users)],
         item_external_ids=[""] + [str(i) for i in range(1, num_items + 1)],
     )

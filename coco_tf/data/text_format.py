@@ -116,6 +116,7 @@ def read_text_dataset(path: str, on_bad_line: str = "error") -> SequenceDataset:
         titles=titles,
         attributes={"category": category},
         attribute_vocab={"category": vocab},
+        item_fields={"categories": categories},
         user_external_ids=users,
         item_external_ids=[""] + ext_sorted,
         skipped=handler.report,

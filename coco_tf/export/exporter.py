@@ -96,17 +96,24 @@ def _load_dataset(cfg: Config, num_items: int):
     return dataset
 
 
-def _encode_kar_prompts(cfg: Config, model, num_items: int) -> None:
+def _encode_kar_prompts(cfg: Config, model, num_items: int, model_dir: str) -> None:
     """KAR's prompt vectors are constants, not variables: encode them again, exactly as in training,
-    with the restored frozen decoder (the base weights) and the tokenizer of the catalog titles."""
+    with the restored frozen decoder (the base weights) and the training run's tokenizer (that of
+    llm.checkpoint or of the in-run pretrained decoder in the run's cache, else word-piece of the
+    item texts)."""
     from coco_tf.llm.assets import KAR_PROMPT_TEXTS, encode_texts
-    from coco_tf.llm.tokenizer import build_tokenizer
+    from coco_tf.llm.item_text import item_texts
+    from coco_tf.llm.pretrain import resolve_checkpoint
+    from coco_tf.llm.tokenizer import catalog_tokenizer
 
     dataset = _load_dataset(cfg, num_items)
-    tokenizer = build_tokenizer(
-        titles=[t for t in dataset.titles[1:] if t] or ["item"],
-        checkpoint_dir=cfg.llm.checkpoint or None,
-        vocabulary_size=min(4096, model.llm.vocabulary_size),
+    try:
+        checkpoint = resolve_checkpoint(cfg, dataset, cfg.llm.cache_dir or os.path.join(model_dir, "cache"),
+                                        train=False)
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+    tokenizer = catalog_tokenizer(
+        item_texts(dataset, cfg.llm.item_text_template), checkpoint or None, model.llm.vocabulary_size
     )
     model.prompt_vectors = encode_texts(KAR_PROMPT_TEXTS, model.llm, tokenizer)
 
@@ -144,7 +151,7 @@ def load_trained_model(model_dir: str, overrides: Sequence[str] = (), merge_lora
     except AssertionError as e:
         raise ExportError(f"{path} does not match the model of {model_dir}/config.yaml: {e}") from None
     if cfg.coco.method == "kar":
-        _encode_kar_prompts(cfg, model, num_items)
+        _encode_kar_prompts(cfg, model, num_items, model_dir)
     if merge_lora and hasattr(model, "llm") and hasattr(model.llm, "merge_lora"):
         model.llm.merge_lora()
     return cfg, model

@@ -1,11 +1,12 @@
 """Everything the LLM-augmented models need from the frozen base decoder, built once.
 
-:func:`build_llm_assets` loads the base decoder (``llm.checkpoint`` directory or
-the random ``llm.preset``), builds the title tokenizer (the checkpoint's own, or
-word-piece learned from the catalog titles), and encodes with the frozen decoder
-(masked mean pooling):
+:func:`build_llm_assets` loads the base decoder (``llm.checkpoint`` directory,
+the ``llm.preset`` pretrained in-run when ``llm.pretrain_epochs > 0``, or the
+random preset), builds the tokenizer (the checkpoint's own, or word-piece learned
+from the item texts), and encodes with the frozen decoder (masked mean pooling):
 
-* the item text table ``[num_items + 1, d_llm]`` (cached on disk by
+* the item text table ``[num_items + 1, d_llm]`` of the item texts
+  (``llm.item_text_template``, ``coco_tf.llm.item_text``; cached on disk by
   ``coco_tf.llm.item_text_table``);
 * the codebook init: K prompt texts (``coco.codebook_init=llm``; see
   ``coco_tf.layers.vq_prompt_codebook.PROMPT_TEXTS``), and the S shared prompts;
@@ -17,7 +18,7 @@ encoded the table — with the random ``tiny`` preset too.
 
 Example::
 
-    assets = build_llm_assets(cfg, dataset.titles, cache_dir="runs/x/cache")
+    assets = build_llm_assets(cfg, dataset, cache_dir="runs/x/cache")
     llm = assets.make_decoder(lora_rank=8)           # QwenBackbone, base weights loaded
     assets.item_text_table.shape                      # (num_items + 1, 64)
 """
@@ -34,7 +35,8 @@ from absl import logging
 
 from coco_tf.layers.vq_prompt_codebook import SHARED_PROMPT_TEXTS, prompt_texts
 from coco_tf.llm.item_text_table import build_item_text_table, masked_mean
-from coco_tf.llm.tokenizer import build_tokenizer
+from coco_tf.llm.item_text import item_texts
+from coco_tf.llm.tokenizer import catalog_tokenizer
 from coco_tf.models.qwen_backbone import QwenBackbone
 
 # KAR's factorisation prompting: user-preference reasoning and item factual knowledge.
@@ -74,18 +76,25 @@ class LLMAssets:
         return decoder
 
 
-def build_llm_assets(cfg, titles, cache_dir: Optional[str] = None) -> LLMAssets:
-    """Builds :class:`LLMAssets` for ``cfg`` (``llm`` and ``coco`` sections) and catalog ``titles``."""
+def build_llm_assets(cfg, catalog, cache_dir: Optional[str] = None) -> LLMAssets:
+    """Builds :class:`LLMAssets` for ``cfg`` (``llm`` and ``coco`` sections) and ``catalog``.
+
+    ``catalog``: the ``SequenceDataset`` (or a bare title list, index 0 padding);
+    its item texts are rendered with ``llm.item_text_template``. With
+    ``llm.pretrain_epochs > 0`` and no ``llm.checkpoint`` the preset is first
+    pretrained on those texts (``coco_tf.llm.pretrain.resolve_checkpoint``,
+    cached in ``cache_dir``).
+    """
+    from coco_tf.llm.pretrain import resolve_checkpoint
+
     started = time.time()
-    source = cfg.llm.checkpoint or cfg.llm.preset
+    texts = item_texts(catalog, cfg.llm.item_text_template)
+    checkpoint = resolve_checkpoint(cfg, catalog, cache_dir)
+    source = checkpoint or cfg.llm.preset
     base = QwenBackbone.from_preset(source, lora_rank=0, name="base_llm")
     base.trainable = False
-    tokenizer = build_tokenizer(
-        titles=[t for t in titles[1:] if t] or ["item"],
-        checkpoint_dir=cfg.llm.checkpoint or None,
-        vocabulary_size=min(4096, base.vocabulary_size),
-    )
-    table = build_item_text_table(titles, base, tokenizer, cache_dir=cache_dir or None, verbose=0)
+    tokenizer = catalog_tokenizer(texts, checkpoint or None, base.vocabulary_size)
+    table = build_item_text_table(texts, base, tokenizer, cache_dir=cache_dir or None, verbose=0)
     k, s = cfg.coco.codebook_size, cfg.coco.num_shared_prompts
     codebook = encode_texts(prompt_texts(k), base, tokenizer) if cfg.coco.codebook_init == "llm" else None
     shared = encode_texts(prompt_texts(s, SHARED_PROMPT_TEXTS), base, tokenizer)

@@ -35,7 +35,7 @@ import tensorflow as tf
 import tf_keras as keras
 from absl import logging
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: rows are item texts (llm.item_text_template), no longer always titles
 
 
 def weights_fingerprint(backbone):

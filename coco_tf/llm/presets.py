@@ -33,6 +33,20 @@ PRESETS = {
         "layer_norm_epsilon": 1e-6,
         "tie_word_embeddings": True,
     },
+    # Four layers, hidden 256 (about 3.4M parameters with the 4096 word-piece vocabulary):
+    # the size worth pretraining on the catalog text on a CPU (coco_tf.llm.pretrain).
+    "small": {
+        "vocabulary_size": 4096,
+        "num_layers": 4,
+        "num_query_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 64,
+        "hidden_dim": 256,
+        "intermediate_dim": 512,
+        "rope_max_wavelength": 1_000_000.0,
+        "layer_norm_epsilon": 1e-6,
+        "tie_word_embeddings": True,
+    },
     "qwen3_0.6b": {
         "vocabulary_size": QWEN3_VOCABULARY_SIZE,
         "num_layers": 28,

@@ -5,6 +5,9 @@
   LOCAL files: ``vocab.json``/``vocabulary.json`` + ``merges.txt`` (looked up in
   ``DIR/tokenizer/``, ``DIR/assets/tokenizer/`` and ``DIR``) or a Hugging Face
   ``tokenizer.json``.
+* A directory written by ``python -m coco_tf.llm.pretrain`` over the word-piece
+  vocabulary carries it as ``tokenizer/word_piece_vocabulary.txt``
+  (:data:`WORD_PIECE_FILE`); that file wins over the BPE files.
 * Without one (the default), a word-piece vocabulary is learned from the
   catalog titles with keras-nlp's ``compute_word_piece_vocabulary`` (lower-cased,
   accents stripped, split on whitespace and punctuation; ``[PAD]`` = 0,
@@ -33,6 +36,8 @@ import tensorflow as tf
 PAD_TOKEN = "[PAD]"
 UNK_TOKEN = "[UNK]"
 QWEN_PAD_TOKEN = "<|endoftext|>"
+WORD_PIECE_FILE = "word_piece_vocabulary.txt"  # under <checkpoint>/tokenizer/
+WORD_PIECE_VOCABULARY_SIZE = 4096
 
 
 # keras-nlp 0.32 runs tokenizers eagerly on a pure-Python path (returning lists)
@@ -270,18 +275,51 @@ class QwenTitleTokenizer(TitleTokenizer):
         return (sorted(self.vocabulary.items()), self.merges)
 
 
+def save_tokenizer(tokenizer, checkpoint_dir):
+    """Write ``tokenizer``'s files into ``checkpoint_dir/tokenizer/`` (what ``build_tokenizer`` reads back).
+
+    Word-piece: :data:`WORD_PIECE_FILE`. Qwen BPE: ``vocab.json`` + ``merges.txt``.
+    """
+    out = os.path.join(checkpoint_dir, "tokenizer")
+    os.makedirs(out, exist_ok=True)
+    if isinstance(tokenizer, WordPieceTitleTokenizer):
+        tokenizer.save_vocabulary(os.path.join(out, WORD_PIECE_FILE))
+        return
+    with open(os.path.join(out, "vocab.json"), "w", encoding="utf-8") as f:
+        json.dump(tokenizer.vocabulary, f, ensure_ascii=False)
+    with open(os.path.join(out, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("\n".join(tokenizer.merges) + "\n")
+
+
+def catalog_tokenizer(texts, checkpoint_dir=None, decoder_vocabulary_size=WORD_PIECE_VOCABULARY_SIZE):
+    """The one tokenizer rule of every reader of the catalog text (assets, pretraining, probes, export).
+
+    The checkpoint's own tokenizer when ``checkpoint_dir`` has one, else word-piece
+    learned from ``texts[1:]`` (item texts indexed by item id, ``texts[0]`` padding)
+    with at most ``min(4096, decoder_vocabulary_size)`` tokens.
+    """
+    return build_tokenizer(
+        titles=[t for t in list(texts)[1:] if t] or ["item"],
+        checkpoint_dir=checkpoint_dir or None,
+        vocabulary_size=min(WORD_PIECE_VOCABULARY_SIZE, int(decoder_vocabulary_size)),
+    )
+
+
 def build_tokenizer(titles=None, checkpoint_dir=None, vocabulary_size=4096):
     """The tokenizer for a run: the checkpoint's Qwen BPE, else word-piece from ``titles``.
 
     Args:
         titles: catalog titles (any iterable of str; empty strings ignored),
             needed when ``checkpoint_dir`` is None.
-        checkpoint_dir: local checkpoint directory (converted, Hugging Face or
-            keras-nlp preset) holding the tokenizer files, or None.
+        checkpoint_dir: local checkpoint directory (converted, pretrained, Hugging
+            Face or keras-nlp preset) holding the tokenizer files, or None.
         vocabulary_size: upper bound of the learned word-piece vocabulary; keep it
             at most the decoder's ``vocabulary_size``.
     """
     if checkpoint_dir:
+        word_piece = os.path.join(checkpoint_dir, "tokenizer", WORD_PIECE_FILE)
+        if os.path.isfile(word_piece):
+            return WordPieceTitleTokenizer.from_file(word_piece)
         return QwenTitleTokenizer.from_directory(checkpoint_dir)
     if titles is None:
         raise ValueError("build_tokenizer needs catalog `titles` when no checkpoint_dir is given.")

@@ -54,7 +54,7 @@ histogram), ``coco/codebook_unused`` (codewords selected by no user in the batch
 
 Example:
 
->>> assets = build_llm_assets(cfg, titles)                  # coco_tf.llm.assets
+>>> assets = build_llm_assets(cfg, dataset)                 # coco_tf.llm.assets
 >>> model = CoCoModel(num_items=150, item_text_table=assets.item_text_table,
 ...                   llm=assets.make_decoder(lora_rank=8), embedding_dim=32, max_len=12)
 >>> loss, metrics = model.compute_loss_and_metrics({"history": h, "targets": t}, training=True)

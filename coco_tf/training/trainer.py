@@ -114,8 +114,8 @@ def load_and_split(cfg: Config, dataset=None):
 def model_inputs(cfg: Config, dataset, split, model_dir: str) -> Dict:
     """``build_model``'s keyword arguments besides ``cfg`` and ``num_items``, for both trainers.
 
-    kar / coco / ``model.item_text``: the frozen base decoder encodes the catalog
-    titles once (cached on disk, ``llm.cache_dir`` or ``<model_dir>/cache``) and the
+    kar / coco / ``model.item_text``: the frozen base decoder (pretrained first on the
+    catalog text when ``llm.pretrain_epochs > 0``) encodes the item texts once (cached on disk, ``llm.cache_dir`` or ``<model_dir>/cache``) and the
     prompt texts (:func:`coco_tf.llm.assets.build_llm_assets`); the model's decoder
     starts from its weights. ``model.item_text``: ``seen_items``, the training
     split's items (the others are cold, scored by their text). Everything here is
@@ -126,7 +126,7 @@ def model_inputs(cfg: Config, dataset, split, model_dir: str) -> Dict:
     if needs_llm_assets(cfg):
         from coco_tf.llm.assets import build_llm_assets
 
-        llm_assets = build_llm_assets(cfg, dataset.titles, cfg.llm.cache_dir or os.path.join(model_dir, "cache"))
+        llm_assets = build_llm_assets(cfg, dataset, cfg.llm.cache_dir or os.path.join(model_dir, "cache"))
         if cfg.llm.text_table_shuffle:
             llm_assets.item_text_table = shuffle_item_rows(llm_assets.item_text_table)
             logging.info("llm.text_table_shuffle: item text table rows permuted across items (control run)")

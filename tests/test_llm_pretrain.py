@@ -1,0 +1,187 @@
+"""Decoder pretraining and knowledge probes on a planted catalog (tiny decoder, seconds each).
+
+The planted catalog: 8 categories, each with its own 20 random product words; a title is
+a shared brand word, ONE word of its category and two shared filler words, so a
+title alone shares few words with its category mates. The category path is in
+the item metadata (``items.tsv`` ``categories``), and pretraining reads
+``{title} | {categories}``: a decoder that learns which words predict which
+category should encode same-category titles alike, a random one does not.
+"""
+
+import coco_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from coco_tf.config import ConfigError, load_config
+from coco_tf.data.loader import load_dataset
+from coco_tf.llm import pretrain as pt
+from coco_tf.llm import probe
+from coco_tf.llm.item_text import item_texts, template_fields
+
+NUM_CATEGORIES, WORDS_PER_CATEGORY, NUM_ITEMS = 8, 20, 320
+TEMPLATE = "{title} | {categories}"
+
+
+def _write_catalog(path, empty_titles=False):
+    rng = np.random.default_rng(0)
+    letters = list("bcdfghjklmnpqrstvwz")
+    # Unrelated random words (no shared prefix a word-piece could split off), 20 per category.
+    words = sorted({"".join(rng.choice(letters, 6)) for _ in range(4 * NUM_CATEGORIES * WORDS_PER_CATEGORY)})
+    words = [words[j] for j in rng.permutation(len(words))[: NUM_CATEGORIES * WORDS_PER_CATEGORY]]
+    cat_words = [words[c * WORDS_PER_CATEGORY:(c + 1) * WORDS_PER_CATEGORY] for c in range(NUM_CATEGORIES)]
+    cat_names = ["Alpha", "Bravo", "Charlie", "Delta", "Echo", "Foxtrot", "Golf", "Hotel"]
+    fillers = [f"fill{j}" for j in range(24)]
+    brands = [f"brand{j}" for j in range(10)]
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "items.tsv"), "w") as f:
+        f.write("item_id\tasin\ttitle\tcategories\n")
+        for i in range(1, NUM_ITEMS + 1):
+            c = int(rng.integers(NUM_CATEGORIES))
+            words = [brands[rng.integers(10)], cat_words[c][rng.integers(WORDS_PER_CATEGORY)]] + list(
+                rng.choice(fillers, 2, replace=False))
+            title = "" if empty_titles else " ".join(words)
+            f.write(f"{i}\tA{i}\t{title}\tShop>{cat_names[c]}\n")
+    with open(os.path.join(path, "sequences.txt"), "w") as f:
+        for u in range(1, 11):
+            f.write(f"{u} " + " ".join(str(j) for j in rng.integers(1, NUM_ITEMS + 1, 5)) + "\n")
+
+
+def _cfg(data_dir, *overrides):
+    return load_config(overrides=[
+        "data.source=text", f"data.path={data_dir}", f"llm.item_text_template={TEMPLATE}",
+        "llm.pretrain_epochs=25", "llm.pretrain_learning_rate=0.01", "llm.pretrain_batch_size=32",
+        "coco.codebook_size=8", "runtime.progress=false", *overrides,
+    ])
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("planted"))
+    _write_catalog(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory):
+    cfg = _cfg(data_dir)
+    catalog = load_dataset(cfg.data)
+    out = str(tmp_path_factory.mktemp("decoder"))
+    return cfg, catalog, out, pt.pretrain(cfg, catalog, out, verbose=0)
+
+
+def test_pretraining_lowers_heldout_perplexity_and_raises_category_agreement(trained):
+    _, _, out, result = trained
+    probes = result.report["probes"]
+    before, after, tfidf = probes["before"], probes["after"], probes["tfidf"]
+    assert after["heldout_perplexity"] < 0.5 * before["heldout_perplexity"], probes
+    assert after["category_agreement"] > before["category_agreement"] + 0.1, probes
+    assert 0.0 <= tfidf["category_agreement"] <= 1.0
+    with open(os.path.join(out, pt.REPORT_FILE)) as f:
+        assert json.load(f)["probes"]["after"] == pytest.approx(after)
+    assert os.listdir(os.path.join(out, "tensorboard"))
+
+
+def test_written_directory_is_a_checkpoint_with_the_same_item_text_table(trained):
+    from coco_tf.llm.assets import build_llm_assets
+    from coco_tf.llm.item_text_table import build_item_text_table
+
+    cfg, catalog, out, result = trained
+    assert sorted(os.listdir(os.path.join(out, "tokenizer"))) == ["word_piece_vocabulary.txt"]
+    cfg_ckpt = _cfg(cfg.data.path, f"llm.checkpoint={out}", "llm.pretrain_epochs=0")
+    assets = build_llm_assets(cfg_ckpt, catalog, cache_dir=None)
+    texts = item_texts(catalog, TEMPLATE)
+    expected = build_item_text_table(texts, result.backbone, result.tokenizer, verbose=0)
+    np.testing.assert_allclose(assets.item_text_table, expected, rtol=0, atol=1e-5)
+    assert np.abs(expected[1:]).sum() > 0
+    # The codebook prompt texts read the same decoder.
+    assert assets.codebook_init.shape == (8, result.backbone.hidden_dim)
+    # The probe CLI reads it too.
+    assert probe.main(["--set", "data.source=text", "--set", f"data.path={cfg.data.path}",
+                       "--set", f"llm.item_text_template={TEMPLATE}", "--set", f"llm.checkpoint={out}",
+                       "--set", "coco.codebook_size=8"]) == 0
+
+
+def test_rerun_with_the_same_out_resumes_from_the_saved_step(data_dir, tmp_path):
+    cfg1 = _cfg(data_dir, "llm.pretrain_epochs=1")
+    catalog = load_dataset(cfg1.data)
+    first = pt.pretrain(cfg1, catalog, str(tmp_path), verbose=0).report
+    spe = first["steps_per_epoch"]
+    assert first["steps"] == spe and first["steps_this_process"] == spe
+    second = pt.pretrain(_cfg(data_dir, "llm.pretrain_epochs=3"), catalog, str(tmp_path), verbose=0).report
+    assert second["steps"] == 3 * spe
+    assert second["steps_this_process"] == 2 * spe
+    assert [e["epoch"] for e in second["heldout_by_epoch"]] == [1, 2, 3]
+    assert second["probes"]["before"] == first["probes"]["before"]
+
+
+def test_in_run_pretraining_is_cached_by_content(data_dir, tmp_path, monkeypatch):
+    from coco_tf.llm.assets import build_llm_assets
+
+    cfg = _cfg(data_dir, "llm.pretrain_epochs=1")
+    catalog = load_dataset(cfg.data)
+    calls = []
+    real = pt.pretrain
+    monkeypatch.setattr(pt, "pretrain", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    first = build_llm_assets(cfg, catalog, cache_dir=str(tmp_path))
+    again = build_llm_assets(cfg, catalog, cache_dir=str(tmp_path))
+    assert len(calls) == 1 and os.path.basename(calls[0]).startswith("pretrained_decoder_")
+    np.testing.assert_array_equal(first.item_text_table, again.item_text_table)
+    random = build_llm_assets(_cfg(data_dir, "llm.pretrain_epochs=0"), catalog, cache_dir=str(tmp_path))
+    assert not np.allclose(random.item_text_table, first.item_text_table, atol=1e-3)
+    other = _cfg(data_dir, "llm.pretrain_epochs=1", "llm.item_text_template={title}")
+    assert pt.cache_key(other, item_texts(catalog, "{title}")) != pt.cache_key(cfg, item_texts(catalog, TEMPLATE))
+
+
+def test_bad_inputs_give_one_line_errors(data_dir, tmp_path, capsys):
+    empty = str(tmp_path / "empty")
+    _write_catalog(empty, empty_titles=True)
+    cfg = _cfg(empty, "llm.item_text_template={title}")
+    with pytest.raises(ConfigError, match="llm.item_text_template.*every item text is empty"):
+        pt.pretrain(cfg, load_dataset(cfg.data), str(tmp_path / "o1"), verbose=0)
+
+    with pytest.raises(ConfigError, match=r"llm.preset.*allowed values: tiny, small"):
+        _cfg(data_dir, "llm.preset=huge")
+    cfg = _cfg(data_dir)
+    cfg.llm.preset = "huge"  # past the config check
+    with pytest.raises(ConfigError, match=r"'llm.preset': 'huge' is not allowed; allowed values: tiny, small"):
+        pt.build_source_backbone(cfg)
+
+    bad = tmp_path / "bad_ckpt"
+    bad.mkdir()
+    (bad / "config.json").write_text("{\"format\": \"something else\"}")
+    with pytest.raises(ConfigError, match=r"'llm.checkpoint': cannot read .*bad_ckpt.*not a coco_tf decoder"):
+        pt.build_source_backbone(_cfg(data_dir, f"llm.checkpoint={bad}"))
+    with pytest.raises(ConfigError, match=r"'llm.checkpoint': .*missing is not a directory"):
+        pt.build_source_backbone(_cfg(data_dir, f"llm.checkpoint={tmp_path / 'missing'}"))
+    with pytest.raises(ConfigError, match=r"llm.item_text_template.*unknown placeholder.*\{colour\}"):
+        _cfg(data_dir, "llm.item_text_template={title} {colour}")
+    with pytest.raises(ConfigError, match="llm.pretrain_epochs': must be > 0 to pretrain"):
+        pt.pretrain(_cfg(data_dir, "llm.pretrain_epochs=0"), load_dataset(_cfg(data_dir).data), str(tmp_path / "o2"))
+
+    # The CLI: exit code 2 and one line on stderr naming the key.
+    assert pt.main(["--set", "data.source=text", "--set", f"data.path={empty}", "--set", "llm.pretrain_epochs=1",
+                    "--out", str(tmp_path / "o3")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("pretrain: error: config key 'llm.item_text_template'")
+
+
+def test_item_text_template_and_probe_helpers():
+    class Catalog:
+        titles = ["", "Red Lipstick", "Blue Shampoo"]
+        item_fields = {"categories": ["", "Makeup>Lips", ""]}
+        attributes = {"category": np.array([0, 1, 0])}
+        attribute_vocab = {"category": ["", "Lips"]}
+
+    assert item_texts(Catalog, TEMPLATE) == ["", "Red Lipstick | Makeup>Lips", "Blue Shampoo"]
+    assert item_texts(Catalog, "{title}") == Catalog.titles
+    assert template_fields("{title} by {brand}") == ["title", "brand"]
+    # Agreement: labels 0,0,1,1 and vectors that pair them up (and then mix them).
+    v = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], np.float32)
+    assert probe.nearest_neighbour_agreement(v, np.array([0, 0, 1, 1])) == 1.0
+    assert probe.nearest_neighbour_agreement(v, np.array([0, 1, 0, 1])) == 0.0
+    t = probe.tfidf_vectors(["red shoe", "red boot", "blue hat", "blue cap"])
+    assert probe.nearest_neighbour_agreement(t, np.array([1, 1, 2, 2])) == 1.0
