@@ -8,26 +8,8 @@ import pytest
 import tensorflow as tf
 
 from coco_tf.config import ConfigError, load_config
-from coco_tf.models.retrieval_model import build_model
 from coco_tf.training.trainer import Trainer, shuffle_item_rows
-
-TINY = [
-    "data.synthetic_num_users=160",
-    "data.synthetic_num_items=60",
-    "data.synthetic_max_len=10",
-    "data.max_len=8",
-    "model.embedding_dim=16",
-    "model.num_blocks=1",
-    "model.dropout=0.1",
-    "train.batch_size=64",
-    "train.learning_rate=0.005",
-    "train.loss=in_batch",
-    "coco.codebook_size=8",
-    "coco.max_prompts=3",
-    "coco.threshold=0.2",
-    "llm.lora_rank=4",
-    "runtime.progress=false",
-]
+from test_coco_train import TINY  # the tiny synthetic catalog and model of the CoCo train tests
 
 
 def _trainer(tmp_path, name, *overrides, epochs=2):
