@@ -160,7 +160,7 @@ def test_backbone_input_errors_are_clear():
         backbone({"inputs_embeds": tf.zeros([1, 3, 10])})
     with pytest.raises(ValueError, match="expects a dict"):
         backbone(ids)
-    with pytest.raises(ValueError, match="Known presets: tiny, qwen3_0.6b"):
+    with pytest.raises(ValueError, match="Known presets: tiny, small, qwen3_0.6b"):
         QwenBackbone.from_preset("qwen9_huge")
 
 
