@@ -159,9 +159,10 @@ class CoCoConfig:
     threshold: float = _field(0.45, "theta, the selection threshold")
     max_prompts: int = _field(32, "m_max, at most this many private prompts per user")
     selection: str = _field(
-        "cosine",
-        "selection rule: cos(e_u, z) > threshold; centered: the same after subtracting the codebook's mean "
-        "(selects the few codewords a user is near, not all); softmax: the paper's literal softmax over K",
+        "centered",
+        "selection rule: cosine: cos(e_u, z) > threshold (every user ended with m_max, docs/results.md §9); "
+        "centered: the same after subtracting the codebook's mean (selects the few codewords a user is near); "
+        "softmax: the paper's literal softmax over K",
         choices=("cosine", "centered", "softmax"),
     )
     trim_prompt_slots: bool = _field(
