@@ -228,7 +228,10 @@ def test_ctrl_c_exits_130_saying_how_to_resume(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT)
     proc = subprocess.Popen([sys.executable, "-m", "coco_tf.train", *_sets(TINY + ["train.epochs=500"]),
                              "--model_dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, cwd=ROOT)
+                            text=True, env=env, cwd=ROOT,
+                            # A background job (`cmd &` in a script, as CI may run pytest) inherits SIGINT
+                            # ignored, and Python then keeps ignoring it: give the trainer a terminal's default.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         t0 = time.time()
         # Interrupt in the training loop proper: after the first epoch's checkpoint (on a loaded machine a
