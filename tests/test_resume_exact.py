@@ -11,22 +11,18 @@ import os
 import subprocess
 import sys
 
+from test_reliability import TINY as RELIABILITY_TINY  # noqa: E402
+
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
-TINY = [
-    "data.synthetic_num_users=300",
-    "data.synthetic_num_items=120",
-    "data.synthetic_max_len=15",
-    "data.max_len=12",
-    "model.embedding_dim=16",
+# The reliability tests' tiny catalog and model, plus what exact resume needs (later keys win).
+TINY = RELIABILITY_TINY + [
     "model.dropout=0.3",
-    "train.batch_size=32",
     "train.learning_rate=0.005",
     "train.epochs=4",
     "train.checkpoint_every_steps=3",
     "runtime.deterministic=true",
     "runtime.threads=1",
-    "runtime.progress=false",
 ]
 
 RUN = r"""
