@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from coco_tf.llm import presets  # noqa: E402
-from coco_tf.models.qwen_backbone import QwenBackbone  # noqa: E402
+from coco_tf.llm.qwen_decoder import QwenBackbone  # noqa: E402
 
 
 def matmul_flops_per_second(n=4096, repeats=10):

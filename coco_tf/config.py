@@ -72,7 +72,7 @@ class DataConfig:
 class ModelConfig:
     backbone: str = _field(
         "sasrec",
-        "sequential recommender backbone (query tower), one file each in coco_tf/models/",
+        "sequential recommender backbone (query tower), one file each in coco_tf/backbones/",
         choices=("sasrec", "bert4rec", "fdsa", "s3rec", "pinnerformer"),
     )
     embedding_dim: int = _field(64, "item embedding / hidden size d of the backbone")

@@ -18,13 +18,13 @@ import tf_keras as keras
 from coco_tf.config import load_config
 from coco_tf.data.synthetic import generate_synthetic
 from coco_tf.metrics.ranking import popularity_metrics
-from coco_tf.models.backbone import full_sequence
-from coco_tf.models.bert4rec import BERT4Rec
-from coco_tf.models.fdsa import FDSA
-from coco_tf.models.pinnerformer import PinnerFormer, future_window_targets, sample_window_positive
-from coco_tf.models.registry import available, get_backbone
-from coco_tf.models.retrieval_model import SequentialRetrievalModel
-from coco_tf.models.s3rec import S3Rec
+from coco_tf.backbones.base import full_sequence
+from coco_tf.backbones.bert4rec import BERT4Rec
+from coco_tf.backbones.fdsa import FDSA
+from coco_tf.backbones.pinnerformer import PinnerFormer, future_window_targets, sample_window_positive
+from coco_tf.backbones.registry import available, get_backbone
+from coco_tf.methods.retrieval_model import SequentialRetrievalModel
+from coco_tf.backbones.s3rec import S3Rec
 from coco_tf.training.trainer import Trainer
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -267,7 +267,7 @@ class _FakeAssets:
         self.codebook_init = self.shared_init = None
 
     def make_decoder(self, lora_rank=0, lora_alpha=16.0, lora_dropout=0.0):
-        from coco_tf.models.qwen_backbone import QwenBackbone
+        from coco_tf.llm.qwen_decoder import QwenBackbone
 
         decoder = QwenBackbone.from_preset("tiny", lora_rank=lora_rank, lora_dropout=0.0)
         decoder.trainable = lora_rank > 0
@@ -278,7 +278,7 @@ class _FakeAssets:
 def test_coco_and_kar_wrap_every_backbone(backbone, method):
     """CoCo and KAR take the backbone by name, unchanged (build_model, as the Trainer does):
     a few Adam steps on a synthetic batch, every loss finite, the backbone's encoder learns."""
-    from coco_tf.models.retrieval_model import build_model
+    from coco_tf.methods.retrieval_model import build_model
 
     tf.keras.utils.set_random_seed(6)
     data = generate_synthetic(num_users=16, num_items=40, min_len=5, max_len=8, seed=6)

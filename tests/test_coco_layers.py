@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from coco_tf.layers.alignment import SemanticBehavioralAlignment
-from coco_tf.layers.contradiction import ContradictionGradientMask, contradiction_decision
-from coco_tf.layers.decoupling import SemanticDecoupling, orthogonality_loss
-from coco_tf.layers.vq_prompt_codebook import VQPromptCodebook, codebook_usage
+from coco_tf.methods.coco.alignment import SemanticBehavioralAlignment
+from coco_tf.methods.coco.contradiction import ContradictionGradientMask, contradiction_decision
+from coco_tf.methods.coco.decoupling import SemanticDecoupling, orthogonality_loss
+from coco_tf.methods.coco.vq_prompt_codebook import VQPromptCodebook, codebook_usage
 
 
 def _codebook(**kw):

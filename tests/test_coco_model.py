@@ -5,9 +5,9 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from coco_tf.models.coco_model import CoCoModel
-from coco_tf.models.kar import KARModel
-from coco_tf.models.qwen_backbone import QwenBackbone
+from coco_tf.methods.coco.model import CoCoModel
+from coco_tf.methods.kar import KARModel
+from coco_tf.llm.qwen_decoder import QwenBackbone
 
 NUM_ITEMS, D, T = 40, 16, 6
 
@@ -176,7 +176,7 @@ def test_kar_forward_and_frozen_llm():
 
 
 def test_random_prefix_draws_every_valid_position_uniformly():
-    from coco_tf.models.llm_augmented import random_prefix
+    from coco_tf.methods.llm_augmented import random_prefix
 
     history = np.array([[5, 6, 7, 8, 0, 0], [0, 0, 3, 4, 9, 0], [2, 0, 0, 0, 0, 0], [0] * 6], np.int64)
     tf.random.set_seed(0)
@@ -202,7 +202,7 @@ def test_random_prefix_draws_every_valid_position_uniformly():
 def test_random_user_position_predicts_the_drawn_prefixs_next_item(method, monkeypatch):
     """coco.user_position=random: L_r's user vector comes from the drawn prefix and its target is
     that position's next item; L_aux still sees the whole history; evaluation is unchanged."""
-    from coco_tf.models import llm_augmented
+    from coco_tf.methods import llm_augmented
 
     if method == "coco":
         model = _coco(user_position="random")
@@ -247,7 +247,7 @@ def test_random_user_position_predicts_the_drawn_prefixs_next_item(method, monke
 
 def test_build_model_needs_assets_and_ps_accepts_llm_methods():
     from coco_tf.config import load_config
-    from coco_tf.models.retrieval_model import build_model
+    from coco_tf.methods.retrieval_model import build_model
 
     with pytest.raises(ValueError, match="needs llm_assets"):
         build_model(load_config(overrides=["coco.method=coco"]), 10)

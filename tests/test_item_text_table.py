@@ -11,7 +11,7 @@ import pytest
 
 from coco_tf.llm import item_text_table as itt
 from coco_tf.llm.tokenizer import build_tokenizer
-from coco_tf.models.qwen_backbone import QwenBackbone
+from coco_tf.llm.qwen_decoder import QwenBackbone
 
 TITLES = [""] + [
     f"{color} {thing} {size}"

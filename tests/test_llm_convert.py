@@ -12,7 +12,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from coco_tf.llm import convert
-from coco_tf.models.qwen_backbone import QwenBackbone, read_weight_file, write_weight_file
+from coco_tf.llm.qwen_decoder import QwenBackbone, read_weight_file, write_weight_file
 
 SHAPES = dict(
     vocabulary_size=50,

@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from coco_tf.layers.lora_dense import LoraDense
-from coco_tf.models.qwen_backbone import QwenBackbone
+from coco_tf.llm.lora_dense import LoraDense
+from coco_tf.llm.qwen_decoder import QwenBackbone
 
 SHAPES = dict(
     vocabulary_size=100,
@@ -157,7 +157,7 @@ def test_lora_weights_save_and_load_on_their_own(tmp_path):
 
 
 def _only_layer_1(tuned, tmp_path):
-    from coco_tf.models.qwen_backbone import write_weight_file
+    from coco_tf.llm.qwen_decoder import write_weight_file
 
     path = str(tmp_path / "layer1.h5")
     write_weight_file(

@@ -174,7 +174,7 @@ def assert_same_metrics(local, chief):
 
 def test_coco_trains_under_ps_restores_into_local_model_and_exports(tmp_path):
     from coco_tf.export.exporter import export_saved_model
-    from coco_tf.models.coco_model import CoCoModel
+    from coco_tf.methods.coco.model import CoCoModel
 
     with LocalCluster(2, 2, log_dir=str(tmp_path / "logs")) as cluster:
         chief = start_chief(LLM + ["coco.method=coco", "train.epochs=2", "train.eval_every=2", "coco.base_epochs=0",
@@ -200,7 +200,7 @@ def test_coco_trains_under_ps_restores_into_local_model_and_exports(tmp_path):
 
 
 def test_kar_with_item_text_trains_under_ps(tmp_path):
-    from coco_tf.models.kar import KARModel
+    from coco_tf.methods.kar import KARModel
 
     with LocalCluster(2, 2, log_dir=str(tmp_path / "logs")) as cluster:
         chief = start_chief(LLM + ["coco.method=kar", "model.item_text=true", "train.epochs=2", "train.eval_every=2"],

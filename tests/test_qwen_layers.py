@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from coco_tf.layers.lora_dense import LoraDense
-from coco_tf.layers.qwen_attention import QwenAttention
-from coco_tf.layers.qwen_decoder_block import QwenDecoderBlock, compute_causal_padding_mask
-from coco_tf.layers.qwen_feed_forward import QwenFeedForward
-from coco_tf.layers.rms_norm import RMSNorm
-from coco_tf.layers.rotary_embedding import RotaryEmbedding
+from coco_tf.llm.lora_dense import LoraDense
+from coco_tf.llm.qwen_attention import QwenAttention
+from coco_tf.llm.qwen_decoder_block import QwenDecoderBlock, compute_causal_padding_mask
+from coco_tf.llm.qwen_feed_forward import QwenFeedForward
+from coco_tf.llm.rms_norm import RMSNorm
+from coco_tf.llm.rotary_embedding import RotaryEmbedding
 from coco_tf.llm import presets
-from coco_tf.models.qwen_backbone import QwenBackbone, expected_weight_shapes
+from coco_tf.llm.qwen_decoder import QwenBackbone, expected_weight_shapes
 
 
 def _np_rms(x, scale, eps):

@@ -26,7 +26,7 @@ import tensorflow as tf
 keras_hub = pytest.importorskip("keras_hub")
 
 from coco_tf.llm import convert  # noqa: E402
-from coco_tf.models.qwen_backbone import QwenBackbone  # noqa: E402
+from coco_tf.llm.qwen_decoder import QwenBackbone  # noqa: E402
 
 TOL = 1e-4
 # keras-nlp's q/k norms use 1e-5 (see convert.KERAS_NLP_QK_NORM_EPSILON); Hugging

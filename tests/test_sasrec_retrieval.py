@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from coco_tf.models.backbone import last_valid_index, recency_positions
-from coco_tf.models.retrieval_model import SequentialRetrievalModel
+from coco_tf.backbones.base import last_valid_index, recency_positions
+from coco_tf.methods.retrieval_model import SequentialRetrievalModel
 from coco_tf.tasks.retrieval import NextItemRetrieval
 
 

@@ -22,8 +22,8 @@ import tf_keras as keras
 from coco_tf.config import load_config
 from coco_tf.data.pipeline import pad_histories
 from coco_tf.export.exporter import best_checkpoint
-from coco_tf.layers.decoupling import masked_mean
-from coco_tf.models.retrieval_model import build_model
+from coco_tf.methods.coco.decoupling import masked_mean
+from coco_tf.methods.retrieval_model import build_model
 from coco_tf.training.trainer import load_and_split, model_inputs
 
 

@@ -28,8 +28,8 @@ import tensorflow as tf
 
 from coco_tf.config import Config, ConfigError, load_config
 from coco_tf.export.serving import ServingModule
-from coco_tf.models.registry import get_backbone
-from coco_tf.models.retrieval_model import build_model, needs_llm_assets
+from coco_tf.backbones.registry import get_backbone
+from coco_tf.methods.retrieval_model import build_model, needs_llm_assets
 
 class ExportError(ValueError):
     """The model directory, checkpoint or export directory cannot be used (the message says which)."""
@@ -63,7 +63,7 @@ class _CheckpointShapedAssets:
     """What ``build_model`` needs from LLM assets, with placeholder values: the checkpoint overwrites them."""
 
     def __init__(self, cfg: Config, num_items: int):
-        from coco_tf.models.qwen_backbone import QwenBackbone
+        from coco_tf.llm.qwen_decoder import QwenBackbone
 
         base = QwenBackbone.from_preset(cfg.llm.checkpoint or cfg.llm.preset, lora_rank=0)
         self.decoder_config = base.get_config()
@@ -76,7 +76,7 @@ class _CheckpointShapedAssets:
         self.kar_prompts = np.zeros([2, d_llm], np.float32)  # KAR: re-encoded after the restore
 
     def make_decoder(self, lora_rank=0, lora_alpha=16.0, lora_dropout=0.05, name="llm"):
-        from coco_tf.models.qwen_backbone import QwenBackbone
+        from coco_tf.llm.qwen_decoder import QwenBackbone
 
         decoder = QwenBackbone(
             **self.decoder_config, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, name=name
@@ -101,7 +101,8 @@ def _encode_kar_prompts(cfg: Config, model, num_items: int, model_dir: str) -> N
     with the restored frozen decoder (the base weights) and the training run's tokenizer (that of
     llm.checkpoint or of the in-run pretrained decoder in the run's cache, else word-piece of the
     item texts)."""
-    from coco_tf.llm.assets import KAR_PROMPT_TEXTS, encode_texts
+    from coco_tf.llm.assets import encode_texts
+    from coco_tf.llm.prompts import KAR_PROMPT_TEXTS
     from coco_tf.llm.item_text import item_texts
     from coco_tf.llm.pretrain import resolve_checkpoint
     from coco_tf.llm.tokenizer import catalog_tokenizer

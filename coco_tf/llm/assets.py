@@ -9,7 +9,7 @@ from the item texts), and encodes with the frozen decoder (masked mean pooling):
   (``llm.item_text_template``, ``coco_tf.llm.item_text``; cached on disk by
   ``coco_tf.llm.item_text_table``);
 * the codebook init: K prompt texts (``coco.codebook_init=llm``; see
-  ``coco_tf.layers.vq_prompt_codebook.PROMPT_TEXTS``), and the S shared prompts;
+  ``coco_tf.llm.prompts.PROMPT_TEXTS``), and the S shared prompts;
 * KAR's two fixed factorised prompts (:data:`KAR_PROMPT_TEXTS`).
 
 It keeps the base weights as numpy arrays so that the model's own decoder
@@ -33,17 +33,11 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from coco_tf.layers.vq_prompt_codebook import SHARED_PROMPT_TEXTS, prompt_texts
 from coco_tf.llm.item_text_table import build_item_text_table, masked_mean
 from coco_tf.llm.item_text import item_texts
+from coco_tf.llm.prompts import KAR_PROMPT_TEXTS, SHARED_PROMPT_TEXTS, prompt_texts
 from coco_tf.llm.tokenizer import catalog_tokenizer
-from coco_tf.models.qwen_backbone import QwenBackbone
-
-# KAR's factorisation prompting: user-preference reasoning and item factual knowledge.
-KAR_PROMPT_TEXTS = (
-    "analyze the user's preferences and the reasons behind them from the items below",
-    "list the factual attributes of the following items",
-)
+from coco_tf.llm.qwen_decoder import QwenBackbone
 
 PROMPT_SEQUENCE_LENGTH = 16
 

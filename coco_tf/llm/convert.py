@@ -15,7 +15,7 @@ Usage::
   in]`` matrices are transposed and reshaped into keras-nlp's layouts.
 
 Nothing is downloaded. ``--out`` receives ``config.json`` + ``weights.h5`` (float32;
-see ``coco_tf.models.qwen_backbone``) and the tokenizer files under ``tokenizer/``.
+see ``coco_tf.llm.qwen_decoder``) and the tokenizer files under ``tokenizer/``.
 Every expected tensor is checked (presence and shape) before anything is written;
 problems come back as one ``ValueError`` listing all offending names. The LM head
 of an untied checkpoint is not copied (the backbone returns hidden states).
@@ -30,7 +30,7 @@ import sys
 
 import numpy as np
 
-from coco_tf.models import qwen_backbone as qb
+from coco_tf.llm import qwen_decoder as qb
 
 # Ours (keras-nlp variable path suffix) → Hugging Face name suffix, per block.
 _HF_BLOCK_MAP = {

@@ -75,7 +75,7 @@ def build_source_backbone(cfg, lora_rank: int = 0, lora_alpha: float = 16.0, lor
     ``llm.preset`` seeded by ``train.seed``.
     """
     from coco_tf.llm import presets
-    from coco_tf.models.qwen_backbone import QwenBackbone
+    from coco_tf.llm.qwen_decoder import QwenBackbone
 
     keras.utils.set_random_seed(cfg.train.seed)
     kwargs = dict(lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, name="pretrain_llm")

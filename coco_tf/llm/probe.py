@@ -11,7 +11,7 @@
   bag-of-words TF-IDF of the titles (numpy) is the reference;
 * ``prompt_spread``: mean pairwise cosine of the K codebook-init prompt
   encodings (``coco.codebook_size`` texts of
-  ``coco_tf.layers.vq_prompt_codebook.prompt_texts``); lower = more distinct.
+  ``coco_tf.llm.prompts.prompt_texts``); lower = more distinct.
 
 Usage::
 
@@ -33,7 +33,7 @@ from typing import Dict, Optional
 import numpy as np
 import tensorflow as tf
 
-from coco_tf.layers.vq_prompt_codebook import prompt_texts
+from coco_tf.llm.prompts import prompt_texts
 from coco_tf.llm.corpus import split_corpus
 from coco_tf.llm.item_text import TITLE_TEMPLATE, item_texts, leaf_categories
 

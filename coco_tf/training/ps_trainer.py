@@ -97,7 +97,7 @@ from absl import logging  # noqa: E402
 
 from coco_tf.config import Config, dump_config  # noqa: E402
 from coco_tf.data.pipeline import train_dataset, training_examples  # noqa: E402
-from coco_tf.models.retrieval_model import build_model  # noqa: E402
+from coco_tf.methods.retrieval_model import build_model  # noqa: E402
 from coco_tf.training.lazy_adam import LazyAdam  # noqa: E402
 from coco_tf.training.trainer import (  # noqa: E402,F401
     SELECTION_METRIC,

@@ -50,7 +50,7 @@ from coco_tf.data.loader import load_dataset
 from coco_tf.data.pipeline import eval_dataset, train_dataset, training_examples
 from coco_tf.data.split import EvalSet, leave_one_out, training_item_mask
 from coco_tf.metrics.ranking import RankingMetrics, target_ranks
-from coco_tf.models.retrieval_model import build_model, needs_llm_assets
+from coco_tf.methods.retrieval_model import build_model, needs_llm_assets
 
 SELECTION_METRIC = "ndcg@10"
 

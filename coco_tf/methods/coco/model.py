@@ -16,12 +16,12 @@ One training example (one user; B users per batch; shapes for the tiny config)::
 docs/design.md §5 gives the reasons):
 
 * ``coco.zero_init`` (default true): the alignment's last projection starts at zero,
-  so an untrained CoCo ranks exactly as its backbone (``layers/alignment.py``);
+  so an untrained CoCo ranks exactly as its backbone (``methods/coco/alignment.py``);
 * ``coco.alpha`` = 1 (paper 0.2): ``L_aux`` is the backbone's full dense objective;
 * ``coco.base_epochs`` / ``coco.init_from``: the backbone first trains alone (or comes
   from a trained base run) and the branch joins from there (``training/trainer.py``);
 * ``coco.usage_weight`` (default 0.1; paper 0): a codebook usage term against collapse
-  (``layers/vq_prompt_codebook.py``).
+  (``methods/coco/vq_prompt_codebook.py``).
 
 Choices (the docs/design.md §4 readings, plus):
 
@@ -66,11 +66,11 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras as keras
 
-from coco_tf.layers.alignment import SemanticBehavioralAlignment
-from coco_tf.layers.contradiction import ContradictionGradientMask, contradiction_decision
-from coco_tf.layers.decoupling import SemanticDecoupling, orthogonality_loss
-from coco_tf.layers.vq_prompt_codebook import VQPromptCodebook, codebook_usage
-from coco_tf.models.llm_augmented import UserLevelRetrievalModel
+from coco_tf.methods.coco.alignment import SemanticBehavioralAlignment
+from coco_tf.methods.coco.contradiction import ContradictionGradientMask, contradiction_decision
+from coco_tf.methods.coco.decoupling import SemanticDecoupling, orthogonality_loss
+from coco_tf.methods.coco.vq_prompt_codebook import VQPromptCodebook, codebook_usage
+from coco_tf.methods.llm_augmented import UserLevelRetrievalModel
 
 ABLATIONS = ("none", "soft", "dec", "con")
 

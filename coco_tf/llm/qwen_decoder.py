@@ -27,8 +27,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from coco_tf.layers.qwen_decoder_block import QwenDecoderBlock, compute_causal_padding_mask
-from coco_tf.layers.rms_norm import RMSNorm
+from coco_tf.llm.qwen_decoder_block import QwenDecoderBlock, compute_causal_padding_mask
+from coco_tf.llm.rms_norm import RMSNorm
 from coco_tf.llm import presets as presets_lib
 
 FORMAT_NAME = "coco_tf.qwen_backbone"

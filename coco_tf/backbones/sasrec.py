@@ -11,9 +11,9 @@ import math
 import tensorflow as tf
 import tf_keras as keras
 
-from coco_tf.layers.sasrec_block import SASRecBlock
-from coco_tf.models.backbone import SequentialBackbone, recency_positions
-from coco_tf.models.registry import register
+from coco_tf.backbones.sasrec_block import SASRecBlock
+from coco_tf.backbones.base import SequentialBackbone, recency_positions
+from coco_tf.backbones.registry import register
 
 
 def self_attention_stack(x, valid, position_embedding, num_positions, dropout_layer, blocks, final_norm,

@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from coco_tf.models.backbone import last_valid_index
-from coco_tf.models.retrieval_model import SequentialRetrievalModel
+from coco_tf.backbones.base import last_valid_index
+from coco_tf.methods.retrieval_model import SequentialRetrievalModel
 
 
 def random_prefix(history: tf.Tensor, seed=None):

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from coco_tf.models.registry import register
-from coco_tf.models.sasrec import SASRec
+from coco_tf.backbones.registry import register
+from coco_tf.backbones.sasrec import SASRec
 
 
 def future_window_targets(targets: tf.Tensor, window: int) -> tf.Tensor:

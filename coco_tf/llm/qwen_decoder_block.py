@@ -3,9 +3,9 @@
 import tensorflow as tf
 import tf_keras as keras
 
-from coco_tf.layers.qwen_attention import QwenAttention
-from coco_tf.layers.qwen_feed_forward import QwenFeedForward
-from coco_tf.layers.rms_norm import RMSNorm
+from coco_tf.llm.qwen_attention import QwenAttention
+from coco_tf.llm.qwen_feed_forward import QwenFeedForward
+from coco_tf.llm.rms_norm import RMSNorm
 
 
 def _build_in_scope(layer, input_shape):

@@ -35,8 +35,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from coco_tf.layers.decoupling import masked_mean
-from coco_tf.models.llm_augmented import UserLevelRetrievalModel
+from coco_tf.methods.coco.decoupling import masked_mean
+from coco_tf.methods.llm_augmented import UserLevelRetrievalModel
 
 
 class HybridExpertAdaptor(keras.layers.Layer):

@@ -1,7 +1,7 @@
 """Backbones by name (``model.backbone``), RecBole style.
 
-A new backbone goes in ``coco_tf/models/<name>.py``, subclasses
-:class:`coco_tf.models.backbone.SequentialBackbone` and registers itself::
+A new backbone goes in ``coco_tf/backbones/<name>.py``, subclasses
+:class:`coco_tf.backbones.base.SequentialBackbone` and registers itself::
 
     @register("mybackbone")
     class MyBackbone(SequentialBackbone): ...
@@ -19,11 +19,11 @@ from typing import Dict, Type
 
 _REGISTRY: Dict[str, type] = {}
 _MODULES = {
-    "sasrec": "coco_tf.models.sasrec",
-    "bert4rec": "coco_tf.models.bert4rec",
-    "fdsa": "coco_tf.models.fdsa",
-    "s3rec": "coco_tf.models.s3rec",
-    "pinnerformer": "coco_tf.models.pinnerformer",
+    "sasrec": "coco_tf.backbones.sasrec",
+    "bert4rec": "coco_tf.backbones.bert4rec",
+    "fdsa": "coco_tf.backbones.fdsa",
+    "s3rec": "coco_tf.backbones.s3rec",
+    "pinnerformer": "coco_tf.backbones.pinnerformer",
 }
 
 

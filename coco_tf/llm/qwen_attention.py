@@ -5,9 +5,9 @@ import math
 import tensorflow as tf
 import tf_keras as keras
 
-from coco_tf.layers.lora_dense import LoraDense
-from coco_tf.layers.rms_norm import RMSNorm
-from coco_tf.layers.rotary_embedding import RotaryEmbedding
+from coco_tf.llm.lora_dense import LoraDense
+from coco_tf.llm.rms_norm import RMSNorm
+from coco_tf.llm.rotary_embedding import RotaryEmbedding
 
 # Same fill value as keras-nlp's masked Softmax (float32), so that even rows with
 # no visible key (left padding) come out the same as the oracle.

@@ -27,15 +27,15 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from coco_tf.models.backbone import (
+from coco_tf.backbones.base import (
     MaskTokenMixin,
     append_token,
     full_sequence,
     last_valid_index,
     random_item_mask,
 )
-from coco_tf.models.registry import register
-from coco_tf.models.sasrec import SASRec
+from coco_tf.backbones.registry import register
+from coco_tf.backbones.sasrec import SASRec
 
 
 @register("bert4rec")

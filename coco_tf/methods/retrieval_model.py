@@ -24,7 +24,7 @@ import tensorflow_recommenders as tfrs
 import tf_keras as keras
 
 from coco_tf.config import Config
-from coco_tf.models.registry import get_backbone
+from coco_tf.backbones.registry import get_backbone
 from coco_tf.tasks.retrieval import NextItemRetrieval
 
 
@@ -206,7 +206,7 @@ def build_model(
         return SequentialRetrievalModel(**common, name="sequential_retrieval")
     c = cfg.coco
     if method == "kar":
-        from coco_tf.models.kar import KARModel
+        from coco_tf.methods.kar import KARModel
 
         return KARModel(
             **common,
@@ -218,7 +218,7 @@ def build_model(
             rec_to_backbone=c.rec_to_backbone,
             name="kar_retrieval",
         )
-    from coco_tf.models.coco_model import CoCoModel
+    from coco_tf.methods.coco.model import CoCoModel
 
     lora_rank = 0 if c.ablation == "con" else cfg.llm.lora_rank
     return CoCoModel(

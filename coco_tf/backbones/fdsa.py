@@ -23,10 +23,10 @@ import math
 import tensorflow as tf
 import tf_keras as keras
 
-from coco_tf.layers.item_features import FeatureAttention, attribute_constants, select_attributes
-from coco_tf.layers.sasrec_block import SASRecBlock
-from coco_tf.models.registry import register
-from coco_tf.models.sasrec import SASRec, self_attention_stack
+from coco_tf.backbones.item_features import FeatureAttention, attribute_constants, select_attributes
+from coco_tf.backbones.sasrec_block import SASRecBlock
+from coco_tf.backbones.registry import register
+from coco_tf.backbones.sasrec import SASRec, self_attention_stack
 
 
 @register("fdsa")

@@ -28,10 +28,10 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras as keras
 
-from coco_tf.layers.item_features import attribute_constants, select_attributes
-from coco_tf.models.backbone import MaskTokenMixin, full_sequence, last_valid_index, random_item_mask
-from coco_tf.models.registry import register
-from coco_tf.models.sasrec import SASRec
+from coco_tf.backbones.item_features import attribute_constants, select_attributes
+from coco_tf.backbones.base import MaskTokenMixin, full_sequence, last_valid_index, random_item_mask
+from coco_tf.backbones.registry import register
+from coco_tf.backbones.sasrec import SASRec
 
 PRETRAIN_LOSSES = ("aap", "mip", "map", "sp")
 

@@ -1,1 +1,0 @@
-"""Models: recommender backbones (query towers), retrieval models, and the decoder LLM backbone."""
