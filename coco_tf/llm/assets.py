@@ -33,11 +33,12 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from coco_tf.llm.item_text_table import build_item_text_table, masked_mean
+from coco_tf.llm.item_text_table import build_item_text_table
 from coco_tf.llm.item_text import item_texts
 from coco_tf.llm.prompts import KAR_PROMPT_TEXTS, SHARED_PROMPT_TEXTS, prompt_texts
 from coco_tf.llm.tokenizer import catalog_tokenizer
-from coco_tf.llm.qwen_decoder import QwenBackbone
+from coco_tf.utils import masked_mean
+from coco_tf.llm.qwen_decoder import QwenBackbone, decoder_config
 
 PROMPT_SEQUENCE_LENGTH = 16
 
@@ -93,9 +94,7 @@ def build_llm_assets(cfg, catalog, cache_dir: Optional[str] = None) -> LLMAssets
     codebook = encode_texts(prompt_texts(k), base, tokenizer) if cfg.coco.codebook_init == "llm" else None
     shared = encode_texts(prompt_texts(s, SHARED_PROMPT_TEXTS), base, tokenizer)
     kar = encode_texts(KAR_PROMPT_TEXTS, base, tokenizer)
-    config = base.get_config()
-    for key in ("name", "trainable", "lora_rank", "lora_alpha", "lora_dropout", "lora_layers"):
-        config.pop(key, None)
+    config = decoder_config(base)
     weights = {name: v.numpy() for name, v in base.weight_map(include_lora=False).items()}
     logging.info("LLM assets (%s, table %s) in %.1f s", source, table.shape, time.time() - started)
     return LLMAssets(config, weights, table, codebook, shared, kar)

@@ -31,6 +31,7 @@ import sys
 import numpy as np
 
 from coco_tf.llm import qwen_decoder as qb
+from coco_tf.utils import join_names
 
 # Ours (keras-nlp variable path suffix) → Hugging Face name suffix, per block.
 _HF_BLOCK_MAP = {
@@ -68,12 +69,6 @@ KERAS_NLP_QK_NORM_EPSILON = 1e-5
 
 class ConversionError(ValueError):
     """A checkpoint that does not fit: missing tensors, wrong shapes, bad config."""
-
-
-def _join(names, limit=30):
-    names = list(names)
-    text = ", ".join(names[:limit])
-    return text + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
 # --------------------------------------------------------------------------- configs
@@ -156,9 +151,9 @@ def _check_and_collect(expected, names, get_shape):
                 mismatched.append(f"{src} (expected {tuple(shape)}, got {got})")
     problems = []
     if missing:
-        problems.append(f"missing tensors: {_join(missing)}")
+        problems.append(f"missing tensors: {join_names(missing, limit=30)}")
     if mismatched:
-        problems.append(f"shape mismatches: {_join(mismatched)}")
+        problems.append(f"shape mismatches: {join_names(mismatched, limit=30)}")
     if problems:
         raise ConversionError("Checkpoint does not match its config: " + "; ".join(problems))
 
@@ -248,7 +243,7 @@ def convert_hf_checkpoint(src_dir, out_dir):
     biases = sorted(n for n in names if n.endswith(".bias"))
     if biases:
         raise ConversionError(
-            f"Checkpoint has bias tensors this decoder does not use: {_join(biases)}"
+            f"Checkpoint has bias tensors this decoder does not use: {join_names(biases, limit=30)}"
         )
     expected = hf_expected_tensors(config, prefix)
     _check_and_collect(expected, names, lambda n: source.shape_of[n])

@@ -35,6 +35,8 @@ import tensorflow as tf
 import tf_keras as keras
 from absl import logging
 
+from coco_tf.utils import masked_mean
+
 CACHE_FORMAT = 2  # 2: rows are item texts (llm.item_text_template), no longer always titles
 
 
@@ -80,17 +82,6 @@ def cache_key(titles, weights_hash, tokenizer_hash, sequence_length, pooling="me
         h.update(title.encode("utf-8"))
         h.update(b"\0")
     return h.hexdigest()
-
-
-def masked_mean(hidden, padding_mask):
-    """Mean of ``hidden [b, s, d]`` over positions with ``padding_mask [b, s]`` = 1.
-
-    Rows without any real position give zeros.
-    """
-    mask = tf.cast(padding_mask, hidden.dtype)[:, :, None]
-    total = tf.reduce_sum(hidden * mask, axis=1)
-    count = tf.reduce_sum(mask, axis=1)
-    return total / tf.maximum(count, 1.0)
 
 
 def _encode_titles(titles, backbone, tokenizer, sequence_length, batch_size, verbose):

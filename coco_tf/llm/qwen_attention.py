@@ -5,6 +5,8 @@ import math
 import tensorflow as tf
 import tf_keras as keras
 
+from coco_tf.utils import build_in_scope
+
 from coco_tf.llm.lora_dense import LoraDense
 from coco_tf.llm.rms_norm import RMSNorm
 from coco_tf.llm.rotary_embedding import RotaryEmbedding
@@ -12,12 +14,6 @@ from coco_tf.llm.rotary_embedding import RotaryEmbedding
 # Same fill value as keras-nlp's masked Softmax (float32), so that even rows with
 # no visible key (left padding) come out the same as the oracle.
 _MASK_VALUE = -1e9
-
-
-def _build_in_scope(layer, input_shape):
-    """Build a sublayer under its own name scope (variable names nest: a/b/kernel)."""
-    with tf.name_scope(layer.name):
-        layer.build(input_shape)
 
 
 class QwenAttention(keras.layers.Layer):
@@ -121,23 +117,23 @@ class QwenAttention(keras.layers.Layer):
         heads = (self.num_query_heads, self.head_dim)
         kv_heads = (self.num_key_value_heads, self.head_dim)
         self._query_dense = self._projection(heads, "query", lora=True)
-        _build_in_scope(self._query_dense, input_shape)
+        build_in_scope(self._query_dense, input_shape)
         self._query_dense_layer_norm = RMSNorm(
             epsilon=self.layer_norm_epsilon, head_dim=self.head_dim, name="query_dense_layernorm"
         )
-        _build_in_scope(self._query_dense_layer_norm, input_shape[:-1].concatenate(heads))
+        build_in_scope(self._query_dense_layer_norm, input_shape[:-1].concatenate(heads))
         self._key_dense = self._projection(kv_heads, "key", lora=False)
-        _build_in_scope(self._key_dense, input_shape)
+        build_in_scope(self._key_dense, input_shape)
         self._key_dense_layer_norm = RMSNorm(
             epsilon=self.layer_norm_epsilon, head_dim=self.head_dim, name="key_dense_layernorm"
         )
-        _build_in_scope(self._key_dense_layer_norm, input_shape[:-1].concatenate(kv_heads))
+        build_in_scope(self._key_dense_layer_norm, input_shape[:-1].concatenate(kv_heads))
         self._value_dense = self._projection(kv_heads, "value", lora=True)
-        _build_in_scope(self._value_dense, input_shape)
+        build_in_scope(self._value_dense, input_shape)
         self._output_dense = self._projection(
             hidden_dim, "attention_output", lora=False, num_input_axes=2
         )
-        _build_in_scope(self._output_dense, input_shape[:-1].concatenate(heads))
+        build_in_scope(self._output_dense, input_shape[:-1].concatenate(heads))
         self._rotary_embedding = RotaryEmbedding(
             max_wavelength=self.rope_max_wavelength,
             scaling_factor=self.rope_scaling_factor,

@@ -30,6 +30,7 @@ import tf_keras as keras
 from coco_tf.llm.qwen_decoder_block import QwenDecoderBlock, compute_causal_padding_mask
 from coco_tf.llm.rms_norm import RMSNorm
 from coco_tf.llm import presets as presets_lib
+from coco_tf.utils import join_names
 
 FORMAT_NAME = "coco_tf.qwen_backbone"
 FORMAT_VERSION = 1
@@ -68,12 +69,6 @@ def read_weight_file(path):
 
         f.visititems(visit)
     return arrays, attrs
-
-
-def _join(names, limit=20):
-    names = list(names)
-    shown = ", ".join(names[:limit])
-    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
 class QwenBackbone(keras.Model):
@@ -401,11 +396,11 @@ class QwenBackbone(keras.Model):
         ]
         problems = []
         if missing:
-            problems.append(f"missing tensors: {_join(missing)}")
+            problems.append(f"missing tensors: {join_names(missing)}")
         if mismatched:
-            problems.append(f"shape mismatches: {_join(mismatched)}")
+            problems.append(f"shape mismatches: {join_names(mismatched)}")
         if unexpected and not allow_unexpected:
-            problems.append(f"unexpected tensors: {_join(unexpected)}")
+            problems.append(f"unexpected tensors: {join_names(unexpected)}")
         if problems:
             raise ValueError(f"{what} does not fit this QwenBackbone: " + "; ".join(problems))
         for k, v in targets.items():
@@ -480,6 +475,19 @@ class QwenBackbone(keras.Model):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+# get_config keys that are not the decoder's shape: its name and its LoRA adapters.
+INSTANCE_KEYS = ("name", "trainable", "lora_rank", "lora_alpha", "lora_dropout", "lora_layers")
+
+
+def decoder_config(decoder) -> dict:
+    """``decoder.get_config()`` without :data:`INSTANCE_KEYS`: what builds another decoder of the
+    same shape (``QwenBackbone(**decoder_config(d), lora_rank=8, name="llm")``)."""
+    config = decoder.get_config()
+    for key in INSTANCE_KEYS:
+        config.pop(key, None)
+    return config
 
 
 def expected_weight_shapes(config):

@@ -3,15 +3,11 @@
 import tensorflow as tf
 import tf_keras as keras
 
+from coco_tf.utils import build_in_scope
+
 from coco_tf.llm.qwen_attention import QwenAttention
 from coco_tf.llm.qwen_feed_forward import QwenFeedForward
 from coco_tf.llm.rms_norm import RMSNorm
-
-
-def _build_in_scope(layer, input_shape):
-    """Build a sublayer under its own name scope (variable names nest: a/b/kernel)."""
-    with tf.name_scope(layer.name):
-        layer.build(input_shape)
 
 
 def compute_causal_padding_mask(padding_mask, seq_len=None):
@@ -116,7 +112,7 @@ class QwenDecoderBlock(keras.layers.Layer):
         self._self_attention_layernorm = RMSNorm(
             epsilon=self.layer_norm_epsilon, name="self_attention_layernorm"
         )
-        _build_in_scope(self._self_attention_layernorm, input_shape)
+        build_in_scope(self._self_attention_layernorm, input_shape)
         self._self_attention_layer = QwenAttention(
             num_query_heads=self.num_query_heads,
             num_key_value_heads=self.num_key_value_heads,
@@ -133,20 +129,20 @@ class QwenDecoderBlock(keras.layers.Layer):
             lora_dropout=self.lora_dropout,
             name="self_attention",
         )
-        _build_in_scope(self._self_attention_layer, input_shape)
+        build_in_scope(self._self_attention_layer, input_shape)
         self._self_attention_dropout = keras.layers.Dropout(
             self.dropout, name="self_attention_dropout"
         )
         self._feedforward_layernorm = RMSNorm(
             epsilon=self.layer_norm_epsilon, name="feedforward_layernorm"
         )
-        _build_in_scope(self._feedforward_layernorm, input_shape)
+        build_in_scope(self._feedforward_layernorm, input_shape)
         self._feedforward = QwenFeedForward(
             intermediate_dim=self.intermediate_dim,
             kernel_initializer=self._initializer(),
             name="feedforward",
         )
-        _build_in_scope(self._feedforward, input_shape)
+        build_in_scope(self._feedforward, input_shape)
         super().build(input_shape)
 
     def call(self, x, padding_mask=None, attention_mask=None, training=None, positions=None):

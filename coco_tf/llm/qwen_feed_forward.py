@@ -3,11 +3,7 @@
 import tensorflow as tf
 import tf_keras as keras
 
-
-def _build_in_scope(layer, input_shape):
-    """Build a sublayer under its own name scope (variable names nest: a/b/kernel)."""
-    with tf.name_scope(layer.name):
-        layer.build(input_shape)
+from coco_tf.utils import build_in_scope
 
 
 class QwenFeedForward(keras.layers.Layer):
@@ -65,13 +61,13 @@ class QwenFeedForward(keras.layers.Layer):
         input_shape = tf.TensorShape(input_shape)
         hidden_dim = int(input_shape[-1])
         self._feedforward_gate_dense = self._dense(self.intermediate_dim, "feedforward_gate_dense")
-        _build_in_scope(self._feedforward_gate_dense, input_shape)
+        build_in_scope(self._feedforward_gate_dense, input_shape)
         self._feedforward_intermediate_dense = self._dense(
             self.intermediate_dim, "feedforward_intermediate_dense"
         )
-        _build_in_scope(self._feedforward_intermediate_dense, input_shape)
+        build_in_scope(self._feedforward_intermediate_dense, input_shape)
         self._feedforward_output_dense = self._dense(hidden_dim, "feedforward_output_dense")
-        _build_in_scope(self._feedforward_output_dense, input_shape[:-1].concatenate([self.intermediate_dim]))
+        build_in_scope(self._feedforward_output_dense, input_shape[:-1].concatenate([self.intermediate_dim]))
         super().build(input_shape)
 
     def call(self, x):

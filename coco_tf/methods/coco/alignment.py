@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from coco_tf.methods.coco.decoupling import masked_mean
+from coco_tf.utils import masked_mean
 
 FUSIONS = ("attention", "mlp", "concat")
 

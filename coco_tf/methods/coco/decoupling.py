@@ -25,6 +25,8 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras as keras
 
+from coco_tf.utils import masked_mean
+
 MODES = ("cross_attention", "mean_pool")
 
 
@@ -44,12 +46,6 @@ def orthogonality_loss(codebook: tf.Tensor) -> tf.Tensor:
     upper = tf.linalg.band_part(tf.ones_like(cos), 0, -1) - tf.linalg.band_part(tf.ones_like(cos), 0, 0)
     pairs = tf.maximum(tf.cast(k * (k - 1) // 2, cos.dtype), 1.0)
     return tf.reduce_sum(tf.square(cos) * upper) / pairs
-
-
-def masked_mean(x: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
-    """Mean of ``x`` ``[B, L, d]`` over positions where ``mask`` ``[B, L]`` is true → ``[B, d]``."""
-    m = tf.cast(mask, x.dtype)[:, :, None]
-    return tf.reduce_sum(x * m, axis=1) / tf.maximum(tf.reduce_sum(m, axis=1), 1.0)
 
 
 class SemanticDecoupling(keras.layers.Layer):
