@@ -4,9 +4,9 @@
 restores ``<model_dir>/best/`` (the best validation checkpoint) into it, with
 LoRA merged into the decoder kernels by default. The catalog size comes from
 the checkpoint's item table, so base and CoCo models export without their
-training data; KAR's two encoded prompt vectors are not model variables, so a
-KAR export encodes them again with the restored frozen decoder and the
-tokenizer of the catalog titles (it reads the data, ``data.*``).
+training data; KAR's two encoded prompt vectors are a checkpointed variable too (a KAR
+checkpoint from before that encodes them again with the restored frozen decoder and the
+tokenizer of the catalog titles, reading the data, ``data.*``).
 
 :func:`export_saved_model` writes ``<export_dir>/<version>/`` (TF Serving's
 numbered layout: a new version is picked up by a running server) through a
@@ -29,7 +29,7 @@ import tensorflow as tf
 from coco_tf.config import Config, ConfigError, load_config
 from coco_tf.export.serving import ServingModule
 from coco_tf.backbones.registry import get_backbone
-from coco_tf.methods.retrieval_model import build_model, needs_llm_assets
+from coco_tf.methods.factory import build_model, needs_llm_assets
 
 class ExportError(ValueError):
     """The model directory, checkpoint or export directory cannot be used (the message says which)."""
@@ -63,17 +63,15 @@ class _CheckpointShapedAssets:
     """What ``build_model`` needs from LLM assets, with placeholder values: the checkpoint overwrites them."""
 
     def __init__(self, cfg: Config, num_items: int):
-        from coco_tf.llm.qwen_decoder import QwenBackbone
+        from coco_tf.llm.qwen_decoder import QwenBackbone, decoder_config
 
-        base = QwenBackbone.from_preset(cfg.llm.checkpoint or cfg.llm.preset, lora_rank=0)
-        self.decoder_config = base.get_config()
-        for key in ("name", "trainable", "lora_rank", "lora_alpha", "lora_dropout", "lora_layers"):
-            self.decoder_config.pop(key, None)
+        self.decoder_config = decoder_config(QwenBackbone.from_preset(cfg.llm.checkpoint or cfg.llm.preset,
+                                                                      lora_rank=0))
         d_llm = self.decoder_config["hidden_dim"]
         self.item_text_table = np.zeros([num_items + 1, d_llm], np.float32)
         self.codebook_init = None
         self.shared_init = None
-        self.kar_prompts = np.zeros([2, d_llm], np.float32)  # KAR: re-encoded after the restore
+        self.kar_prompts = np.zeros([2, d_llm], np.float32)  # KAR: restored from the checkpoint
 
     def make_decoder(self, lora_rank=0, lora_alpha=16.0, lora_dropout=0.05, name="llm"):
         from coco_tf.llm.qwen_decoder import QwenBackbone
@@ -97,10 +95,10 @@ def _load_dataset(cfg: Config, num_items: int):
 
 
 def _encode_kar_prompts(cfg: Config, model, num_items: int, model_dir: str) -> None:
-    """KAR's prompt vectors are constants, not variables: encode them again, exactly as in training,
-    with the restored frozen decoder (the base weights) and the training run's tokenizer (that of
-    llm.checkpoint or of the in-run pretrained decoder in the run's cache, else word-piece of the
-    item texts)."""
+    """A KAR checkpoint written before its prompt vectors were a variable (``kar_prompt_vectors``):
+    encode them again, exactly as in training, with the restored frozen decoder (the base weights)
+    and the training run's tokenizer (that of llm.checkpoint or of the in-run pretrained decoder in
+    the run's cache, else word-piece of the item texts)."""
     from coco_tf.llm.assets import encode_texts
     from coco_tf.llm.prompts import KAR_PROMPT_TEXTS
     from coco_tf.llm.item_text import item_texts
@@ -116,7 +114,7 @@ def _encode_kar_prompts(cfg: Config, model, num_items: int, model_dir: str) -> N
     tokenizer = catalog_tokenizer(
         item_texts(dataset, cfg.llm.item_text_template), checkpoint or None, model.llm.vocabulary_size
     )
-    model.prompt_vectors = encode_texts(KAR_PROMPT_TEXTS, model.llm, tokenizer)
+    model.prompt_vectors.assign(encode_texts(KAR_PROMPT_TEXTS, model.llm, tokenizer))
 
 
 def load_config_from_model_dir(model_dir: str, overrides: Sequence[str] = ()) -> Config:
@@ -151,7 +149,7 @@ def load_trained_model(model_dir: str, overrides: Sequence[str] = (), merge_lora
         status.assert_existing_objects_matched()
     except AssertionError as e:
         raise ExportError(f"{path} does not match the model of {model_dir}/config.yaml: {e}") from None
-    if cfg.coco.method == "kar":
+    if cfg.coco.method == "kar" and not any("prompt_vectors" in name for name, _ in tf.train.list_variables(path)):
         _encode_kar_prompts(cfg, model, num_items, model_dir)
     if merge_lora and hasattr(model, "llm") and hasattr(model.llm, "merge_lora"):
         model.llm.merge_lora()

@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from coco_tf.methods.coco.decoupling import masked_mean
+from coco_tf.utils import masked_mean
 from coco_tf.methods.llm_augmented import UserLevelRetrievalModel
 
 
@@ -118,7 +118,8 @@ class KARModel(UserLevelRetrievalModel):
             backbone_kwargs: as :class:`SequentialRetrievalModel`.
         item_text_table: ``[num_items + 1, d_llm]`` (frozen, pre-stored factual knowledge).
         llm: a frozen ``QwenBackbone`` (no LoRA).
-        prompt_vectors: ``[2, d_llm]`` the encoded factorised prompts (reasoning, factual).
+        prompt_vectors: ``[2, d_llm]`` the encoded factorised prompts (reasoning, factual); kept as
+            the non-trainable variable ``kar_prompt_vectors`` (checkpointed, exported).
         alpha: weight of L_aux.
         zero_init: the fusion Dense starts at zero, so ``u == h_RS`` at initialisation (KAR's own
             reading: random init, ``coco.zero_init=false``).
@@ -129,9 +130,11 @@ class KARModel(UserLevelRetrievalModel):
         super().__init__(num_items=num_items, item_text_table=item_text_table, alpha=alpha, **kwargs)
         self.llm = llm
         self.llm.trainable = False
-        self.prompt_vectors = np.asarray(prompt_vectors, np.float32)
-        if self.prompt_vectors.shape != (2, self.text_dim):
-            raise ValueError(f"prompt_vectors must be [2, {self.text_dim}], got {self.prompt_vectors.shape}")
+        prompts = np.asarray(prompt_vectors, np.float32)
+        if prompts.shape != (2, self.text_dim):
+            raise ValueError(f"prompt_vectors must be [2, {self.text_dim}], got {prompts.shape}")
+        # A non-trainable variable, so that checkpoints (and the export) carry the encoded prompts.
+        self.prompt_vectors = tf.Variable(prompts, trainable=False, name="kar_prompt_vectors")
         self.adaptor = HybridExpertAdaptor(self.embedding_dim, num_types=2, name="hybrid_expert_adaptor")
         self.zero_init = bool(zero_init)
         # zero_init: u == h_RS at initialisation (the branch starts with nothing to add).
@@ -147,14 +150,10 @@ class KARModel(UserLevelRetrievalModel):
         """
         h_text, mask = self.history_text(history)
         batch = tf.shape(history)[0]
-        prompts = tf.repeat(tf.constant(self.prompt_vectors)[:, None, :], batch, axis=0)  # [2B, 1, d_llm]
+        prompts = tf.repeat(tf.convert_to_tensor(self.prompt_vectors)[:, None, :], batch, axis=0)  # [2B, 1, d_llm]
         text = tf.concat([h_text, h_text], axis=0)
         text_mask = tf.concat([mask, mask], axis=0)
-        full_mask = tf.concat([tf.ones([2 * batch, 1], tf.bool), text_mask], axis=1)
-        hidden = self.llm(
-            {"inputs_embeds": tf.concat([prompts, text], axis=1), "padding_mask": tf.cast(full_mask, tf.int32)},
-            training=False,
-        )
+        hidden, _ = self.decode_with_prefix(prompts, tf.ones([2 * batch, 1], tf.bool), text, text_mask, training=False)
         pooled = masked_mean(tf.cast(hidden[:, 1:], tf.float32), text_mask)  # [2B, d_llm]
         reasoning, factual = pooled[:batch], pooled[batch:] + masked_mean(h_text, mask)
         return tf.stop_gradient(reasoning), tf.stop_gradient(factual)

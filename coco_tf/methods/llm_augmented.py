@@ -27,7 +27,13 @@ stage (``coco.base_epochs``) the trainer uses :meth:`base_loss_and_metrics` and 
 by :meth:`base_user` instead: the LLM branch is not run. Why these readings: docs/design.md §5.
 
 Subclasses implement ``user_vector(history, h_rs, states, training, target_ids)``
-returning ``(user [B, d], extra_losses: dict, metrics: dict)``.
+returning ``(user [B, d], extra_losses: dict, metrics: dict)``; both read the decoder through
+:meth:`UserLevelRetrievalModel.decode_with_prefix` (a prompt prefix, then the history's text rows).
+
+Example (a subclass; ``CoCoModel`` and ``KARModel`` are the two):
+
+>>> loss, metrics = model.compute_loss_and_metrics({"history": h, "targets": t}, training=True)
+>>> metrics["loss/rec"], metrics["loss/aux"], metrics["loss/total"]
 """
 
 from __future__ import annotations
@@ -70,6 +76,22 @@ class UserLevelRetrievalModel(SequentialRetrievalModel):
         """``h_text`` ``[B, T, d_llm]`` and its mask ``[B, T]`` (the frozen table's rows)."""
         return tf.stop_gradient(self.item_text(history)), history != 0
 
+    def decode_with_prefix(self, prefix, prefix_mask, h_text, text_mask, training=None, position_ids=None):
+        """The decoder ``self.llm`` over ``[prefix ; h_text]``: ``(hidden [B, P + T, d_llm], mask [B, P + T])``.
+
+        ``prefix [B, P, d_llm]`` / ``prefix_mask [B, P]`` (bool): prompt embeddings (CoCo's selected
+        soft prompts, KAR's fixed prompt); ``h_text [B, T, d_llm]`` / ``text_mask [B, T]``: the
+        history's item text rows (:meth:`history_text`). ``position_ids`` ``[P + T]``: RoPE
+        positions (``None``: ``0..P+T-1``).
+        """
+        mask = tf.concat([prefix_mask, text_mask], axis=1)  # [B, P + T]
+        inputs = {}
+        if position_ids is not None:
+            inputs["position_ids"] = position_ids
+        inputs["inputs_embeds"] = tf.concat([prefix, tf.cast(h_text, prefix.dtype)], axis=1)
+        inputs["padding_mask"] = tf.cast(mask, tf.int32)
+        return self.llm(inputs, training=training), mask
+
     def user_vector(self, history, h_rs, states, training=None, target_ids=None):
         raise NotImplementedError
 
@@ -83,11 +105,6 @@ class UserLevelRetrievalModel(SequentialRetrievalModel):
         user, _, _ = self.user_vector(history, h_rs, states, training=training)
         return user
 
-    def _retrieval_loss(self, queries, target_ids):
-        if self.task.loss == "in_batch":
-            return self.task(queries, target_ids, candidates=self.candidate_embeddings(target_ids))
-        return self.task(queries, target_ids, self.item_table())
-
     def base_user(self, history, training=None):
         """``h_RS`` ``[B, d]``: the backbone's user vector alone (the base stage's ranking; with
         ``zero_init`` an untrained LLM branch gives ``call`` exactly this)."""
@@ -96,7 +113,7 @@ class UserLevelRetrievalModel(SequentialRetrievalModel):
     def base_loss_and_metrics(self, features, training=False):
         """The base stage's objective: the backbone's own, as the plain retrieval model trains it
         (same per-position loss and normaliser); the LLM branch is not run."""
-        loss = super().compute_loss(features, training=training)
+        loss = self.normalized_loss(self.per_example_loss(features, training=training))
         return loss, {"loss/aux": loss, "loss/total": loss}
 
     def compute_loss_and_metrics(self, features, training=False):
@@ -118,14 +135,11 @@ class UserLevelRetrievalModel(SequentialRetrievalModel):
 
         weights = tf.cast(target_ids != 0, tf.float32)
         safe_ids = tf.where(target_ids != 0, target_ids, tf.ones_like(target_ids))
-        l_r = tf.reduce_sum(self._retrieval_loss(user, safe_ids) * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
+        l_r = tf.reduce_sum(self.retrieval_loss(user, safe_ids) * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
 
-        # The backbone's own objective (next item, cloze, future window...), reusing the states.
-        aux_queries, aux_targets = self.backbone.training_queries(features, training=training, states=states,
-                                                                  user=h_rs)
-        aux = self._retrieval_loss(aux_queries, aux_targets)
-        normalizer = getattr(self, "loss_normalizer", None)
-        l_aux = tf.reduce_mean(aux) if normalizer is None else tf.reduce_sum(aux) / normalizer
+        # The backbone's own objective (next item, cloze, future window...): the plain model's
+        # loss, reusing the states.
+        l_aux = self.normalized_loss(self.per_example_loss(features, training=training, states=states, user=h_rs))
 
         total = l_r + self.alpha * l_aux
         out = {"loss/rec": l_r, "loss/aux": l_aux}
@@ -135,6 +149,3 @@ class UserLevelRetrievalModel(SequentialRetrievalModel):
         out["loss/total"] = total
         out.update(metrics)
         return total, out
-
-    def compute_loss(self, features, training=False):
-        return self.compute_loss_and_metrics(features, training=training)[0]

@@ -13,7 +13,11 @@ One example from data to loss::
 
     features = {"history": int64 [B, T], "targets": int64 [B, T]}   # pipeline.py
     queries, target_ids = backbone.training_queries(features)       # [N, d], [N]
-    loss = mean(task(queries, target_ids, E))                       # scalar
+    loss = sum(task(queries, target_ids, E)) / loss_normalizer      # scalar (None: the mean)
+
+The loss contract every model of ``coco_tf.methods`` keeps: ``compute_loss_and_metrics(features,
+training)`` returns ``(loss, {name: scalar})`` (here ``{}``; the LLM-augmented models report every
+loss term and their telemetry), and the trainers call nothing else.
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras as keras
 
-from coco_tf.config import Config
 from coco_tf.backbones.registry import get_backbone
 from coco_tf.tasks.retrieval import NextItemRetrieval
+from coco_tf.utils import variable_shards
 
 
 class SequentialRetrievalModel(tfrs.Model):
@@ -34,7 +38,7 @@ class SequentialRetrievalModel(tfrs.Model):
     Example:
 
     >>> model = SequentialRetrievalModel(num_items=1000, backbone="sasrec", embedding_dim=64)
-    >>> loss = model.compute_loss({"history": h, "targets": t}, training=True)
+    >>> loss, metrics = model.compute_loss_and_metrics({"history": h, "targets": t}, training=True)
     >>> user = model({"history": h})          # [B, 64]
     >>> scores = model.score_all(user)         # [B, 1001], column 0 = padding
     """
@@ -52,12 +56,18 @@ class SequentialRetrievalModel(tfrs.Model):
         text_in_candidates: bool = False,
         seen_items=None,
         zero_text_projection: bool = True,
+        loss_normalizer=None,
         **kwargs,
     ):
         """``item_text_table``: ``[num_items + 1, d_llm]`` frozen LLM item vectors (row 0 zeros);
         needed by ``text_in_candidates`` (``model.item_text``), which also takes
         ``seen_items``: bool ``[num_items + 1]``, the items of the training split.
-        ``zero_text_projection`` (``coco.zero_init``): the text projection ``W`` starts at zero."""
+        ``zero_text_projection`` (``coco.zero_init``): the text projection ``W`` starts at zero.
+        ``loss_normalizer``: divides the summed per-position loss; ``None``: the batch's own
+        position count (a plain mean). The trainers pass the *average* positions per batch
+        (``train.batch_size`` × mean training history length), so that every position weighs the
+        same whatever batch it lands in: with length-bucketed batches a per-batch mean would give
+        a position of a 3-item history 10x the weight of one in a 40-item one."""
         super().__init__(**kwargs)
         self.num_items = num_items
         self.embedding_dim = embedding_dim
@@ -100,22 +110,16 @@ class SequentialRetrievalModel(tfrs.Model):
             self.item_embedding, max_len=max_len, hidden_dim=embedding_dim, name=backbone, **(backbone_kwargs or {})
         )
         self.task = NextItemRetrieval(loss, temperature, name="retrieval")
-        # Divides the summed per-position loss. None: the batch's own position
-        # count (a plain mean). The trainer sets it to the *average* positions
-        # per batch, so that every position weighs the same whatever batch it
-        # lands in: with length-bucketed batches a per-batch mean would give a
-        # position of a 3-item history 10x the weight of one in a 40-item one.
-        self.loss_normalizer = None
+        self.loss_normalizer = None if loss_normalizer is None else float(loss_normalizer)
 
     def item_table(self) -> tf.Tensor:
         """``[num_items + 1, d]`` candidate embeddings (works for sharded tables too)."""
         if not self.item_embedding.built:
             self.item_embedding.build(None)
         emb = self.item_embedding.embeddings
-        if hasattr(emb, "variables") and isinstance(getattr(emb, "variables"), (list, tuple)):
-            table = tf.concat([tf.convert_to_tensor(v) for v in emb.variables], axis=0)
-        else:
-            table = tf.convert_to_tensor(emb)
+        shards = variable_shards(emb)
+        table = tf.convert_to_tensor(emb) if len(shards) == 1 else tf.concat(
+            [tf.convert_to_tensor(v) for v in shards], axis=0)
         if not self.text_in_candidates:
             return table
         if not self.item_text.built:
@@ -137,110 +141,39 @@ class SequentialRetrievalModel(tfrs.Model):
         history = features["history"] if isinstance(features, dict) else features
         return self.backbone(history, training=training)
 
-    def per_example_loss(self, features, training=False) -> tf.Tensor:
-        """``[N]`` losses, one per predicted position (for strategy-aware averaging).
+    def retrieval_loss(self, queries: tf.Tensor, target_ids: tf.Tensor) -> tf.Tensor:
+        """``[N]`` task losses of ``queries [N, d]`` for ``target_ids [N]``.
 
         ``in_batch`` looks up only the targets' rows (sparse gradient for the
         table); ``full_softmax`` scores against the whole table (dense gradient).
         """
-        queries, targets = self.backbone.training_queries(features, training=training)
         if self.task.loss == "in_batch":
-            return self.task(queries, targets, candidates=self.candidate_embeddings(targets))
-        return self.task(queries, targets, self.item_table())
+            return self.task(queries, target_ids, candidates=self.candidate_embeddings(target_ids))
+        return self.task(queries, target_ids, self.item_table())
 
-    def compute_loss(self, features, training=False) -> tf.Tensor:
-        per_example = self.per_example_loss(features, training=training)
+    def per_example_loss(self, features, training=False, states=None, user=None) -> tf.Tensor:
+        """``[N]`` losses of the backbone's own objective, one per predicted position.
+
+        ``states [B, T, d]`` / ``user [B, d]``: the backbone's outputs on ``features["history"]``
+        when the caller has them already (the LLM-augmented models), else computed here.
+        """
+        queries, targets = self.backbone.training_queries(features, training=training, states=states, user=user)
+        return self.retrieval_loss(queries, targets)
+
+    def normalized_loss(self, per_example: tf.Tensor) -> tf.Tensor:
+        """The scalar loss of ``per_example`` ``[N]``: summed and divided by ``loss_normalizer``
+        (``None``: the mean)."""
         if self.loss_normalizer is None:
             return tf.reduce_mean(per_example)
         return tf.reduce_sum(per_example) / self.loss_normalizer
 
+    def compute_loss_and_metrics(self, features, training=False):
+        """``(loss, {})``: the backbone's objective, normalised (the plain model has no telemetry)."""
+        return self.normalized_loss(self.per_example_loss(features, training=training)), {}
+
+    def compute_loss(self, features, training=False) -> tf.Tensor:
+        """TFRS' entry point (``model.fit``): the loss of :meth:`compute_loss_and_metrics`."""
+        return self.compute_loss_and_metrics(features, training=training)[0]
+
     def score_all(self, user: tf.Tensor) -> tf.Tensor:
         return tf.matmul(user, self.item_table(), transpose_b=True)
-
-
-def needs_llm_assets(cfg: Config) -> bool:
-    """Whether :func:`build_model` needs ``llm_assets``: kar, coco, or item text in the candidates."""
-    return cfg.coco.method != "base" or cfg.model.item_text
-
-
-def build_model(
-    cfg: Config, num_items: int, llm_assets=None, seen_items=None, attributes=None
-) -> SequentialRetrievalModel:
-    """The model for ``cfg.coco.method``: ``base``, ``kar`` or ``coco``, on ``cfg.model.backbone``.
-
-    ``kar``, ``coco`` and ``model.item_text`` need ``llm_assets``
-    (``coco_tf.llm.assets.build_llm_assets``: the item text table, the base
-    decoder weights and the prompt encodings). ``seen_items``: bool
-    ``[num_items + 1]``, the training split's items (``model.item_text``: the
-    others are scored by their text alone); ``None``: all.
-    ``attributes``: ``SequenceDataset.attributes`` ({name: int [num_items + 1]}), the
-    item features of feature-aware backbones (fdsa, s3rec), passed as constants.
-    """
-    m = cfg.model
-    backbone_kwargs = {
-        "num_blocks": m.num_blocks,
-        "num_heads": m.num_heads,
-        "ffn_dim": m.ffn_dim,
-        "dropout": m.dropout,
-    }
-    backbone_kwargs.update(get_backbone(m.backbone).config_kwargs(cfg, attributes))
-    common = dict(
-        num_items=num_items,
-        backbone=m.backbone,
-        embedding_dim=m.embedding_dim,
-        max_len=cfg.data.max_len,
-        loss=cfg.train.loss,
-        temperature=cfg.train.temperature,
-        backbone_kwargs=backbone_kwargs,
-    )
-    method = cfg.coco.method
-    if needs_llm_assets(cfg):
-        if llm_assets is None:
-            raise ValueError(
-                f"coco.method={method} / model.item_text needs llm_assets (coco_tf.llm.assets.build_llm_assets)"
-            )
-        common["item_text_table"] = llm_assets.item_text_table
-    if m.item_text:
-        common.update(text_in_candidates=True, seen_items=seen_items, zero_text_projection=cfg.coco.zero_init)
-    if method == "base":
-        return SequentialRetrievalModel(**common, name="sequential_retrieval")
-    c = cfg.coco
-    if method == "kar":
-        from coco_tf.methods.kar import KARModel
-
-        return KARModel(
-            **common,
-            llm=llm_assets.make_decoder(lora_rank=0),
-            prompt_vectors=llm_assets.kar_prompts,
-            alpha=c.alpha,
-            zero_init=c.zero_init,
-            user_position=c.user_position,
-            rec_to_backbone=c.rec_to_backbone,
-            name="kar_retrieval",
-        )
-    from coco_tf.methods.coco.model import CoCoModel
-
-    lora_rank = 0 if c.ablation == "con" else cfg.llm.lora_rank
-    return CoCoModel(
-        **common,
-        llm=llm_assets.make_decoder(lora_rank, cfg.llm.lora_alpha, cfg.llm.lora_dropout),
-        codebook_size=c.codebook_size,
-        num_shared_prompts=c.num_shared_prompts,
-        threshold=c.threshold,
-        max_prompts=c.max_prompts,
-        selection=c.selection,
-        trim_prompt_slots=c.trim_prompt_slots,
-        initial_codebook=llm_assets.codebook_init,
-        initial_shared=llm_assets.shared_init,
-        ablation=c.ablation,
-        fusion=c.fusion,
-        alpha=c.alpha,
-        user_position=c.user_position,
-        beta=c.beta,
-        gamma=c.gamma,
-        usage_weight=c.usage_weight,
-        usage_temperature=c.usage_temperature,
-        zero_init=c.zero_init,
-        rec_to_backbone=c.rec_to_backbone,
-        name="coco_retrieval",
-    )

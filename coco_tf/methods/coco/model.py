@@ -180,19 +180,15 @@ class CoCoModel(UserLevelRetrievalModel):
         sel = self.codebook(self.proj(h_rs))  # e_u [B, d_llm] -> selected prompts
         h_prompt, prompt_mask = sel["prompts"], sel["prompt_mask"]
         h_text, text_mask = self.history_text(history)
-        llm_inputs = {}
+        position_ids = None
         if trim_prompts:
             # Top-k order makes each user's selection a prefix of the m_max slots. The history keeps
             # positions S + m_max + t, so the decoder computes what it computes on every slot.
             slots = self.codebook.num_shared_prompts + tf.reduce_max(sel["num_selected"])
-            llm_inputs["position_ids"] = tf.concat(
-                [tf.range(slots), tf.shape(h_prompt)[1] + tf.range(tf.shape(h_text)[1])], axis=0
-            )
+            position_ids = tf.concat([tf.range(slots), tf.shape(h_prompt)[1] + tf.range(tf.shape(h_text)[1])], axis=0)
             h_prompt, prompt_mask = h_prompt[:, :slots], prompt_mask[:, :slots]
-        mix_mask = tf.concat([prompt_mask, text_mask], axis=1)  # [B, P + T]
-        llm_inputs["inputs_embeds"] = tf.concat([h_prompt, tf.cast(h_text, h_prompt.dtype)], axis=1)
-        llm_inputs["padding_mask"] = tf.cast(mix_mask, tf.int32)
-        h_mix = self.llm(llm_inputs, training=training)
+        h_mix, mix_mask = self.decode_with_prefix(h_prompt, prompt_mask, h_text, text_mask, training=training,
+                                                  position_ids=position_ids)  # eq. 3: [B, P + T, d_llm]
         return dict(sel, prompts=h_prompt, prompt_mask=prompt_mask, h_mix=tf.cast(h_mix, h_rs.dtype),
                     mix_mask=mix_mask)
 
