@@ -38,7 +38,7 @@ def chief(args) -> None:
     import tf_keras as keras
 
     from coco_tf.config import load_config
-    from coco_tf.methods.retrieval_model import build_model
+    from coco_tf.methods.factory import build_model
     from coco_tf.training.ps_trainer import make_ps_optimizer, make_strategy, make_train_fn, table_placement
 
     cfg = load_config(overrides=[

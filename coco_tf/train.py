@@ -72,7 +72,8 @@ def main(argv):
         print(f"config error: {e}", file=sys.stderr)
         return 2
 
-    from coco_tf.training.trainer import Trainer, format_table
+    from coco_tf.metrics.ranking import format_table
+    from coco_tf.training.trainer import Trainer
 
     import tensorflow as tf
 

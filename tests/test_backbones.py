@@ -278,7 +278,7 @@ class _FakeAssets:
 def test_coco_and_kar_wrap_every_backbone(backbone, method):
     """CoCo and KAR take the backbone by name, unchanged (build_model, as the Trainer does):
     a few Adam steps on a synthetic batch, every loss finite, the backbone's encoder learns."""
-    from coco_tf.methods.retrieval_model import build_model
+    from coco_tf.methods.factory import build_model
 
     tf.keras.utils.set_random_seed(6)
     data = generate_synthetic(num_users=16, num_items=40, min_len=5, max_len=8, seed=6)

@@ -247,7 +247,7 @@ def test_random_user_position_predicts_the_drawn_prefixs_next_item(method, monke
 
 def test_build_model_needs_assets_and_ps_accepts_llm_methods():
     from coco_tf.config import load_config
-    from coco_tf.methods.retrieval_model import build_model
+    from coco_tf.methods.factory import build_model
 
     with pytest.raises(ValueError, match="needs llm_assets"):
         build_model(load_config(overrides=["coco.method=coco"]), 10)

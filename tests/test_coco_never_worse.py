@@ -8,7 +8,8 @@ import pytest
 import tensorflow as tf
 
 from coco_tf.config import ConfigError, load_config
-from coco_tf.training.trainer import Trainer, shuffle_item_rows
+from coco_tf.training.inputs import shuffle_item_rows
+from coco_tf.training.trainer import Trainer
 from test_coco_train import TINY  # the tiny synthetic catalog and model of the CoCo train tests
 
 
@@ -89,7 +90,7 @@ def test_base_stage_then_branch_joins_at_the_base_validation(tmp_path):
 
 
 def test_base_stage_is_at_most_half_the_budget_and_off_for_base():
-    from coco_tf.training.trainer import base_stage_epochs
+    from coco_tf.training.base import base_stage_epochs
     assert base_stage_epochs(load_config(overrides=["coco.method=coco", "train.epochs=30"])) == 10
     assert base_stage_epochs(load_config(overrides=["coco.method=coco", "train.epochs=3"])) == 1
     assert base_stage_epochs(load_config(overrides=["coco.method=base", "train.epochs=30"])) == 0
@@ -105,7 +106,7 @@ def test_init_from_restores_the_base_run_and_checks_its_shape(tmp_path):
     coco._build()
     coco._start_run()
     # The base run's best model, restored: its test metrics are the warm-started model's at step 0.
-    from coco_tf.training.trainer import Evaluator
+    from coco_tf.metrics.evaluator import Evaluator
     ev = Evaluator(coco.model, [5, 10, 20], 8, 512)
     got = ev.evaluate(coco.split.test)
     for k, v in base_result["test"].items():

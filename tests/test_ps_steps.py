@@ -5,7 +5,7 @@ import numpy as np
 from coco_tf.data.pipeline import train_dataset, training_examples
 from coco_tf.data.synthetic import generate_synthetic
 from coco_tf.training.ps_trainer import worker_steps_per_epoch
-from coco_tf.training.trainer import count_batches
+from coco_tf.data.pipeline import count_batches
 
 
 def test_steps_per_epoch_match_sharded_datasets():

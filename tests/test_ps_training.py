@@ -156,7 +156,7 @@ def local_test_metrics(model_dir):
     from coco_tf.data.loader import load_dataset
     from coco_tf.data.split import leave_one_out
     from coco_tf.export.exporter import load_trained_model
-    from coco_tf.training.trainer import Evaluator
+    from coco_tf.metrics.evaluator import Evaluator
 
     cfg, model = load_trained_model(str(model_dir), merge_lora=False)
     test_set = leave_one_out(load_dataset(cfg.data).sequences).test

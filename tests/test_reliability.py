@@ -171,7 +171,7 @@ def test_cpu_machine_start_is_quiet():
 def test_write_json_failure_keeps_previous_file(tmp_path, monkeypatch):
     import errno
 
-    from coco_tf.training import trainer as trainer_module
+    from coco_tf.training import base as trainer_module
 
     path = str(tmp_path / "history.json")
     trainer_module.write_json(path, [{"epoch": 1}], indent=1)

@@ -16,12 +16,29 @@ Evaluation element: ``history`` int64 ``[max_len]`` (right padded) and
 
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Optional
 
 import numpy as np
 import tensorflow as tf
 
 from coco_tf.data.split import EvalSet
+
+# Length buckets of the training batches (history lengths); boundaries at or above max_len are left out.
+BUCKET_BOUNDARIES = (3, 5, 8, 12, 20, 30, 40)
+
+
+def bucket_boundaries(max_len: int) -> List[int]:
+    """The bucket boundaries of :func:`train_dataset` for ``max_len``."""
+    return [b for b in BUCKET_BOUNDARIES if b < max_len]
+
+
+def count_batches(lengths: np.ndarray, batch_size: int, max_len: int, bucket: bool) -> int:
+    """Batches in one pass of :func:`train_dataset` over examples of history ``lengths`` ``[N]``."""
+    if not bucket:
+        return int(math.ceil(len(lengths) / batch_size))
+    bucket_ids = np.searchsorted(bucket_boundaries(max_len), lengths, side="right")
+    return int(sum(math.ceil(c / batch_size) for c in np.bincount(bucket_ids) if c))
 
 
 def _rows_dataset(columns: Dict[str, List[np.ndarray]]) -> tf.data.Dataset:
@@ -85,7 +102,7 @@ def train_dataset(
     else:
         ds = ds.shuffle(len(hist), seed=(seed * 1_000_003 + epoch) % (2**31 - 1), reshuffle_each_iteration=False)
     if bucket_by_length:
-        boundaries = [b for b in (3, 5, 8, 12, 20, 30, 40) if b < max_len]
+        boundaries = bucket_boundaries(max_len)
         ds = ds.bucket_by_sequence_length(
             element_length_func=lambda x: tf.shape(x["history"])[0],
             bucket_boundaries=boundaries,

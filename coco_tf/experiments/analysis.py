@@ -22,9 +22,9 @@ import tf_keras as keras
 from coco_tf.config import load_config
 from coco_tf.data.pipeline import pad_histories
 from coco_tf.export.exporter import best_checkpoint
-from coco_tf.methods.coco.decoupling import masked_mean
-from coco_tf.methods.retrieval_model import build_model
-from coco_tf.training.trainer import load_and_split, model_inputs
+from coco_tf.utils import masked_mean
+from coco_tf.methods.factory import build_model
+from coco_tf.training.inputs import load_and_split, model_inputs
 
 
 @dataclasses.dataclass
@@ -92,7 +92,7 @@ def branch_metrics(run: LoadedRun, split_name: str = "test") -> dict:
     """Full-ranking metrics of a trained LLM-augmented run with its own user vector
     (``h_aligned`` for CoCo) and with the backbone's ``h_RS`` alone: is the fusion the
     part that helps or hurts?"""
-    from coco_tf.training.trainer import Evaluator
+    from coco_tf.metrics.evaluator import Evaluator
 
     cfg = run.cfg
     eval_set = getattr(run.split, split_name)

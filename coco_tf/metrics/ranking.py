@@ -95,3 +95,16 @@ def popularity_metrics(train_sequences, targets, num_items: int, ks: Iterable[in
     ordered = np.sort(counts[1:])
     at_or_above = len(ordered) - np.searchsorted(ordered, counts[np.asarray(targets, np.int64)], side="left")
     return metrics_from_ranks(at_or_above - 1, ks)
+
+
+def format_table(result: Dict) -> str:
+    """The metrics table the CLI prints."""
+    keys = list(result["test"])
+    ks = sorted({int(k.split("@")[1]) for k in keys})
+    head = "| split | " + " | ".join(f"R@{k} | N@{k}" for k in ks) + " |"
+    rule = "|---|" + "---|---|" * len(ks)
+    rows = [head, rule]
+    for split in ("valid", "test"):
+        m = result[split]
+        rows.append(f"| {split} | " + " | ".join(f"{m[f'recall@{k}']:.4f} | {m[f'ndcg@{k}']:.4f}" for k in ks) + " |")
+    return "\n".join(rows)

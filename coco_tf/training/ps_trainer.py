@@ -92,24 +92,15 @@ os.environ.setdefault("GRPC_FAIL_FAST", "use_caller")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
 from absl import logging  # noqa: E402
 
-from coco_tf.config import Config, dump_config  # noqa: E402
-from coco_tf.data.pipeline import train_dataset, training_examples  # noqa: E402
-from coco_tf.methods.retrieval_model import build_model  # noqa: E402
+from coco_tf.config import Config  # noqa: E402
+from coco_tf.data.pipeline import count_batches, train_dataset  # noqa: E402
+from coco_tf.methods.factory import build_model  # noqa: E402
+from coco_tf.training.base import TrainerBase  # noqa: E402
 from coco_tf.training.lazy_adam import LazyAdam  # noqa: E402
-from coco_tf.training.trainer import (  # noqa: E402,F401
-    SELECTION_METRIC,
-    base_stage_epochs,
-    EpochEndMixin,
-    Evaluator,
-    count_batches,
-    format_table,
-    load_and_split,
-    model_inputs,
-    train_step,
-)
+from coco_tf.training.step import train_step  # noqa: E402
+from coco_tf.utils import variable_shards  # noqa: E402
 
 _CLUSTER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
                    tf.errors.DeadlineExceededError, tf.errors.InternalError, tf.errors.NotFoundError)
@@ -221,9 +212,7 @@ def make_train_fn(strategy, model, optimizer, names=("loss",), base_only: bool =
 
 def table_placement(model) -> list:
     """``[(shape, device), ...]`` of the item table's shards (one entry if unsharded)."""
-    emb = model.item_embedding.embeddings
-    parts = emb.variables if hasattr(emb, "variables") and isinstance(emb.variables, (list, tuple)) else [emb]
-    return [(tuple(v.shape.as_list()), v.device) for v in parts]
+    return [(tuple(v.shape.as_list()), v.device) for v in variable_shards(model.item_embedding.embeddings)]
 
 
 def worker_steps_per_epoch(lengths: np.ndarray, num_workers: int, batch_size: int, max_len: int, bucket: bool) -> int:
@@ -231,61 +220,57 @@ def worker_steps_per_epoch(lengths: np.ndarray, num_workers: int, batch_size: in
     return sum(count_batches(lengths[k::num_workers], batch_size, max_len, bucket) for k in range(num_workers))
 
 
-class PSTrainer(EpochEndMixin):
-    """Trains ``cfg`` under ParameterServerStrategy; :meth:`run` returns the metrics.json content."""
+class PSTrainer(TrainerBase):
+    """Trains ``cfg`` under ParameterServerStrategy; :meth:`run` returns the metrics.json content.
+
+    Setup, checkpoints and the epoch end are :class:`~coco_tf.training.base.TrainerBase`'s; this
+    class makes the model in the strategy's scope (its variables on the PS tasks) and schedules
+    the steps on the workers.
+
+    Example (``TF_CONFIG`` names this process the chief; ``launch/run_cluster.sh``):
+
+    >>> PSTrainer(load_config(overrides=["runtime.strategy=ps"])).run()
+    """
 
     def __init__(self, cfg: Config, dataset=None, cluster_resolver=None):
-        self.cfg = cfg
-        self.model_dir = cfg.runtime.model_dir
-        os.makedirs(self.model_dir, exist_ok=True)
-        keras.utils.set_random_seed(cfg.train.seed)
-        resolver = make_resolver(cluster_resolver)
-        check_reachable(cfg, resolver)
+        self._cluster_resolver = cluster_resolver
+        super().__init__(cfg, dataset)
+        logging.info("item table shards: %s", table_placement(self.model))
+
+    def _setup_runtime(self) -> None:
+        resolver = make_resolver(self._cluster_resolver)
+        check_reachable(self.cfg, resolver)
         spec = resolver.cluster_spec()
-        self.strategy = make_strategy(cfg, resolver)
+        self.strategy = make_strategy(self.cfg, resolver)
         self.num_workers = spec.num_tasks("worker")
         self.num_ps = spec.num_tasks("ps")
         self.coordinator = tf.distribute.experimental.coordinator.ClusterCoordinator(self.strategy)
-        dump_config(cfg, os.path.join(self.model_dir, "config.yaml"))
 
-        self.dataset, self.split = load_and_split(cfg, dataset)
-        # kar / coco / model.item_text: numpy arrays (item text table, base decoder weights,
-        # prompt encodings), built here on the chief; every variable made from them (the
-        # decoder, LoRA, codebook, the frozen text table) is created in the scope, on the PS.
-        inputs = model_inputs(cfg, self.dataset, self.split, self.model_dir)
+    def _make_model(self, model_kwargs: Dict):
+        # kar / coco / model.item_text: model_kwargs holds numpy arrays (item text table, base
+        # decoder weights, prompt encodings), built on the chief; every variable made from them
+        # (the decoder, LoRA, codebook, the frozen text table) is created in the scope, on the PS.
         with self.strategy.scope():
-            self.model = build_model(cfg, self.dataset.num_items, **inputs)
-            self.optimizer = make_ps_optimizer(cfg)
+            self.model = build_model(self.cfg, self.dataset.num_items, **model_kwargs)
+            self.optimizer = make_ps_optimizer(self.cfg)
             self._tickets = tf.Variable(0, dtype=tf.int64, trainable=False, name="input_shard_tickets")
             self._build()
+        return self.model, self.optimizer
+
+    def _extra_checkpoint_objects(self) -> Dict:
         # Bookkeeping lives on the chief: it counts the steps it scheduled and saw finish.
-        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        self.epoch_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch_step")
-        self.best_score = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_score")
-        self.stale_evals = tf.Variable(0, dtype=tf.int64, trainable=False, name="stale_evals")
-        self.base_stage = base_stage_epochs(cfg)
-        self.branch_joined = tf.Variable(self.base_stage == 0, trainable=False, name="branch_joined")
-        self.already_finished = False
-        self.checkpoint = tf.train.Checkpoint(
-            model=self.model, optimizer=self.optimizer, epoch=self.epoch, best_score=self.best_score,
-            stale_evals=self.stale_evals, step=self.step, epoch_step=self.epoch_step,
-            branch_joined=self.branch_joined,
-        )
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, os.path.join(self.model_dir, "ckpt"), max_to_keep=cfg.train.keep_checkpoints
-        )
-        self.best_manager = tf.train.CheckpointManager(
-            tf.train.Checkpoint(model=self.model, epoch=self.epoch), os.path.join(self.model_dir, "best"), max_to_keep=1
-        )
-        self.evaluator = Evaluator(self.model, cfg.eval.ks, cfg.data.max_len, cfg.eval.batch_size,
-                                   cfg.eval.exclude_history)
+        return {"step": self.step}
+
+    def _make_step_functions(self) -> None:
         self._train_fn = make_train_fn(self.strategy, self.model, self.optimizer, self._names)
         self._base_names = ["loss", "loss/aux", "loss/total"]
         self._base_train_fn = (make_train_fn(self.strategy, self.model, self.optimizer, self._base_names,
                                              base_only=True) if self.base_stage else None)
-        self.writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "tensorboard"))
-        logging.info("item table shards: %s", table_placement(self.model))
+
+    def _on_resume(self, path: str) -> None:
+        logging.info("resumed from %s (epoch %d, step %d)", path, int(self.epoch.numpy()), int(self.step.numpy()))
+        print(f"resumed from {path}: epoch {int(self.epoch.numpy())}, step {int(self.step.numpy())}", flush=True)
 
     def _build(self):
         """In the scope: creates the model's and optimizer's variables (on the PS tasks) and
@@ -297,9 +282,7 @@ class PSTrainer(EpochEndMixin):
         """
         dummy = {"history": tf.ones([1, 2], tf.int64), "targets": tf.ones([1, 2], tf.int64)}
         self.model(dummy, training=False)
-        telemetry = {}
-        if hasattr(self.model, "compute_loss_and_metrics"):
-            telemetry = self.model.compute_loss_and_metrics(dummy, training=False)[1]
+        telemetry = self.model.compute_loss_and_metrics(dummy, training=False)[1]
         self._names = ["loss"] + sorted(telemetry)
         self.optimizer.build(self.model.trainable_variables)
 
@@ -332,22 +315,10 @@ class PSTrainer(EpochEndMixin):
     def _run(self) -> Dict:
         cfg = self.cfg
         t0 = time.time()
-        if self.manager.latest_checkpoint:
-            self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
-            logging.info("resumed from %s (epoch %d, step %d)", self.manager.latest_checkpoint,
-                         int(self.epoch.numpy()), int(self.step.numpy()))
-            print(f"resumed from {self.manager.latest_checkpoint}: epoch {int(self.epoch.numpy())}, "
-                  f"step {int(self.step.numpy())}", flush=True)
-            saved = self._saved_metrics_if_finished()
-            if saved is not None:
-                self.already_finished = True
-                return saved
-        else:
-            self._start_run()
-        hist, _ = training_examples(self.split.train, cfg.data.max_len)
-        lengths = np.array([len(h) for h in hist])
-        # Every training position weighs the same, whichever batch it lands in (as in Trainer).
-        self.model.loss_normalizer = float(cfg.train.batch_size * lengths.mean())
+        saved = self._resume_or_start()
+        if saved is not None:
+            return saved
+        lengths = self.lengths
         # One epoch = every worker's shard once. Worker k reads users k::n and batches (and
         # buckets) them on its own, so its batches are counted on its shard: counting the whole
         # dataset in full batches would make an "epoch" cover only part of the data when small
