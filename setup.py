@@ -27,7 +27,7 @@ setup(
         "pyyaml>=6.0",
         "safetensors>=0.4",
     ],
-    extras_require={"test": ["pytest>=8", "matplotlib>=3.7"], "plots": ["matplotlib>=3.7"]},
+    extras_require={"test": ["pytest>=8", "matplotlib>=3.7", "import-linter>=2.1"], "plots": ["matplotlib>=3.7"]},
     entry_points={
         "console_scripts": [
             "coco-train=coco_tf.train:run",
