@@ -1,7 +1,7 @@
 """Training throughput of CoCo (and KAR) against the base model, in one process.
 
     python bench/bench_coco_speed.py                                   # synthetic catalog
-    python bench/bench_coco_speed.py --data_path ../shared/data/amazon-beauty --config configs/beauty_sasrec.yaml
+    python bench/bench_coco_speed.py --data_path /path/to/amazon-beauty --config configs/beauty_sasrec.yaml
 
 Builds each method with the same config (tiny LLM), takes the same training
 batches (length-bucketed, as in training), warms up, then times the compiled

@@ -1,7 +1,7 @@
 """Where a training step's time goes: TF profiler op times grouped by layer scope.
 
     python bench/profile_train_step.py --method coco --config configs/beauty_sasrec.yaml \
-        --data_path ../shared/data/amazon-beauty
+        --data_path /path/to/amazon-beauty
 
 Builds the method's Trainer, warms the compiled train step up on full batches,
 profiles ``--steps`` steps with ``tf.profiler`` and prints one table row per

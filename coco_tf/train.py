@@ -4,7 +4,7 @@ With no arguments it trains SASRec on the built-in synthetic catalog and writes
 ``runs/default/`` (checkpoints, TensorBoard events, config.yaml, metrics.json).
 
     python -m coco_tf.train --config configs/beauty_sasrec.yaml \\
-        --set data.path=../shared/data/amazon-beauty --model_dir runs/beauty
+        --set data.path=/path/to/amazon-beauty --model_dir runs/beauty
 
 Flags:
   --config PATH        YAML overrides of the defaults (see configs/).

@@ -3,7 +3,7 @@
 A grid file (``configs/grids/<name>.yaml``) names a base config and the axes::
 
     base_config: configs/beauty_sasrec.yaml     # every run starts from this YAML
-    overrides: {data.path: ../shared/data/amazon-beauty, train.epochs: 15}
+    overrides: {data.path: /path/to/amazon-beauty, train.epochs: 15}
     backbones: [sasrec]                         # model.backbone values, or a mapping
                                                 # {bert4rec: {model.bert4rec_mask_prob: 0.6}, ...}
     methods:                                    # label -> config overrides

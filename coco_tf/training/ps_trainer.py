@@ -7,9 +7,9 @@ Cluster (from ``TF_CONFIG``, see :mod:`coco_tf.training.tf_config`)::
     worker:*   run the scheduled train steps on their own data shards
                (``python -m coco_tf.training.server``)
 
-Same model code as :class:`coco_tf.training.trainer.Trainer` (every ``coco.method``:
-base, kar, coco with each ablation, fusion and selection rule; ``model.item_text``),
-the same train step (:func:`~coco_tf.training.trainer.train_step`) and the same
+Same setup as :class:`coco_tf.training.trainer.Trainer` (:class:`~coco_tf.training.base.TrainerBase`:
+every ``coco.method``: base, kar, coco with each ablation, fusion and selection rule;
+``model.item_text``), the same train step (:func:`~coco_tf.training.step.train_step`) and the same
 ``model_dir`` layout (``config.yaml``, ``ckpt/``, ``best/``, ``cache/``,
 ``history.json``, ``metrics.json``, ``tensorboard/``); the evaluation
 (:class:`Evaluator`) runs on the chief between epochs and reads the variables from
@@ -17,7 +17,7 @@ the PS tasks.
 
 Decisions:
 
-* **LLM-augmented models.** :func:`~coco_tf.training.trainer.model_inputs` (shared
+* **LLM-augmented models.** :func:`~coco_tf.training.inputs.model_inputs` (shared
   with ``Trainer``) builds the numpy inputs on the chief before ``strategy.scope()``:
   the item text table (encoded once by the frozen base decoder, cached in
   ``cache/``), the base decoder weights, the codebook / shared-prompt / KAR prompt
@@ -56,9 +56,9 @@ Decisions:
   dies and comes back gets a new ticket: until the run ends one shard may be
   read twice as often and another not at all (logged by the coordinator as a
   worker recovery); everything else stays exact.
-* **Loss.** The model's own loss (per-example losses with ``reduction=none``,
-  DESIGN §7) with the same constant per-position normaliser as ``Trainer`` (batch
-  size × mean history length), so that every position weighs the same in both,
+* **Loss.** The model's own loss (``compute_loss_and_metrics``; per-example losses with
+  ``reduction=none``, docs/design.md §7) with the same constant per-position normaliser as
+  ``Trainer`` (its ``loss_normalizer`` constructor argument: batch size × mean history length), so that every position weighs the same in both,
   divided by the replicas in sync inside ``strategy.run`` (for the base model this
   is ``tf.nn.compute_average_loss`` with that normaliser).
 * **Optimizer.** :class:`LazyAdam`: the in_batch loss gives the item table a
@@ -177,7 +177,7 @@ def make_ps_optimizer(cfg: Config) -> LazyAdam:
 def make_train_fn(strategy, model, optimizer, names=("loss",), base_only: bool = False):
     """``fn(iterator, num_steps) -> float32 [len(names)]``: ``num_steps`` train steps on one worker.
 
-    Each step is :func:`coco_tf.training.trainer.train_step` (the local trainer's step:
+    Each step is :func:`coco_tf.training.step.train_step` (the local trainer's step:
     same loss, same gradient masking, same telemetry) inside ``strategy.run``. The
     result is the *sum* over the steps of ``names``: ``"loss"`` (summed over the
     worker's replicas) and the model's telemetry scalars (kar, coco; averaged over

@@ -19,7 +19,7 @@ docs/design.md §5 gives the reasons):
   so an untrained CoCo ranks exactly as its backbone (``methods/coco/alignment.py``);
 * ``coco.alpha`` = 1 (paper 0.2): ``L_aux`` is the backbone's full dense objective;
 * ``coco.base_epochs`` / ``coco.init_from``: the backbone first trains alone (or comes
-  from a trained base run) and the branch joins from there (``training/trainer.py``);
+  from a trained base run) and the branch joins from there (``training/base.py``);
 * ``coco.usage_weight`` (default 0.1; paper 0): a codebook usage term against collapse
   (``methods/coco/vq_prompt_codebook.py``).
 
