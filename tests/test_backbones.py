@@ -26,24 +26,14 @@ from coco_tf.backbones.registry import available, get_backbone
 from coco_tf.methods.retrieval_model import SequentialRetrievalModel
 from coco_tf.backbones.s3rec import S3Rec
 from coco_tf.training.trainer import Trainer
+from conftest import tiny_overrides  # noqa: E402  (tests/conftest.py: the tiny config)
 
 sys.path.insert(0, os.path.dirname(__file__))
 
 NEW = ("bert4rec", "fdsa", "s3rec", "pinnerformer")
 
-TINY = [
-    "data.synthetic_num_users=400",
-    "data.synthetic_num_items=80",
-    "data.synthetic_max_len=12",
-    "data.max_len=10",
-    "model.embedding_dim=16",
-    "model.num_blocks=1",
-    "model.dropout=0.1",
-    "train.batch_size=64",
-    "train.learning_rate=0.01",
-    "eval.ks=[5,10]",
-    "runtime.progress=false",
-]
+TINY = tiny_overrides("data.synthetic_num_users=400", "data.synthetic_num_items=80", "data.synthetic_max_len=12",
+                      "data.max_len=10", "eval.ks=[5,10]", drop=("coco.", "llm."))
 EPOCHS = {"bert4rec": 8, "fdsa": 3, "s3rec": 3, "pinnerformer": 3}  # the cloze task learns more slowly
 
 

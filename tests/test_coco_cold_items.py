@@ -15,6 +15,7 @@ import numpy as np
 from coco_tf.config import load_config
 from coco_tf.data.dataset import SequenceDataset
 from coco_tf.training.trainer import Trainer
+from conftest import tiny_overrides  # noqa: E402  (tests/conftest.py: the tiny config)
 
 CATEGORY_WORDS = ["amber", "basil", "cedar", "denim", "ember", "fjord", "grove", "heron"]
 NOISE_WORDS = ["soft", "bold", "mini", "pro", "lite", "max", "eco", "neo"]
@@ -40,21 +41,8 @@ def planted_catalog(num_users=480, seed=0):
     return SequenceDataset(name="planted-cold", sequences=sequences, titles=titles)
 
 
-COMMON = [
-    "data.max_len=8",
-    "model.embedding_dim=16",
-    "model.num_blocks=1",
-    "model.dropout=0.1",
-    "train.batch_size=64",
-    "train.learning_rate=0.01",
-    "train.loss=full_softmax",
-    "train.epochs=6",
-    "coco.codebook_size=8",
-    "coco.max_prompts=3",
-    "coco.threshold=0.2",
-    "llm.lora_rank=4",
-    "runtime.progress=false",
-]
+# The tiny model on the planted catalog below (so no synthetic_* keys).
+COMMON = tiny_overrides("train.loss=full_softmax", "train.epochs=6", drop=("data.synthetic_",))
 
 
 def _test_recall10(tmp_path, name, *overrides):

@@ -15,26 +15,12 @@ import tensorflow as tf
 from coco_tf.config import ConfigError, load_config
 from coco_tf.export import ExportError, export_saved_model
 from coco_tf.training.trainer import Trainer
+from conftest import tiny_overrides  # noqa: E402  (tests/conftest.py: the tiny config)
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 NUM_ITEMS, MAX_LEN = 60, 8
-TINY = [
-    "data.synthetic_num_users=160",
-    f"data.synthetic_num_items={NUM_ITEMS}",
-    "data.synthetic_max_len=10",
-    f"data.max_len={MAX_LEN}",
-    "model.embedding_dim=16",
-    "model.num_blocks=1",
-    "model.dropout=0.1",
-    "train.batch_size=32",
-    "train.learning_rate=0.01",
-    "train.loss=in_batch",
-    "coco.codebook_size=8",
-    "coco.max_prompts=3",
-    "coco.threshold=0.2",
-    "llm.lora_rank=4",
-    "runtime.progress=false",
-]
+TINY = tiny_overrides(f"data.synthetic_num_items={NUM_ITEMS}", f"data.max_len={MAX_LEN}", "train.batch_size=32",
+                      "train.loss=in_batch")
 HISTORIES = np.array(
     [[3, 7, 9, 12, 0, 0], [0, 0, 5, 1, 44, 60], [17, 0, 0, 0, 0, 0], [2, 4, 6, 8, 10, 11]], np.int64
 )
@@ -194,6 +180,7 @@ def test_input_hardening(trained, method):
     np.testing.assert_allclose(out["scores"].numpy(), ref_scores, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_saved_model_cli_show_and_run_with_tensorflow_only(tools):
     code, text, err = tools["show"]
     assert code == 0, err[-2000:]

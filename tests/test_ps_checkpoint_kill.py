@@ -12,7 +12,10 @@ import sys
 import time
 
 import numpy as np
+import pytest
 import tensorflow as tf
+
+pytestmark = pytest.mark.slow  # kills a writer process (conftest.py)
 
 WRITER = r"""
 import sys, tensorflow as tf

@@ -14,22 +14,18 @@ import numpy as np
 import pytest
 
 from coco_tf.training.local_cluster import LocalCluster, chief_command
+from conftest import tiny_overrides  # noqa: E402  (tests/conftest.py: the tiny config)
+
+pytestmark = pytest.mark.slow  # local PS clusters, killed tasks (conftest.py)
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
-TINY = [
-    "data.synthetic_num_users=300",
-    "data.synthetic_num_items=150",
-    "data.synthetic_max_len=15",
-    "data.max_len=12",
-    "model.embedding_dim=32",
-    "model.num_blocks=1",
-    "model.dropout=0.2",
-    "train.batch_size=64",
-    "train.learning_rate=0.005",
-    "runtime.progress=true",
+TINY = tiny_overrides(
+    "data.synthetic_num_users=300", "data.synthetic_num_items=150", "data.synthetic_max_len=15", "data.max_len=12",
+    "model.embedding_dim=32", "model.dropout=0.2", "train.learning_rate=0.005", "runtime.progress=true",
     # 151 x 32 float32 = 19 KB: small shards so that the item table splits across both PS tasks.
     "runtime.partitioner_min_shard_bytes=4096",
-]
+    drop=("coco.", "llm."),
+)
 
 
 # The tiny decoder / codebook of tests/test_coco_train.py.

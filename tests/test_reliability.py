@@ -19,18 +19,13 @@ import pytest
 from coco_tf.config import load_config
 from coco_tf.training.tf_config import free_ports, make_cluster, make_tf_config, unreachable
 from coco_tf.training.trainer import Trainer
+from conftest import tiny_overrides  # noqa: E402  (tests/conftest.py: the tiny config)
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
-TINY = [
-    "data.synthetic_num_users=300",
-    "data.synthetic_num_items=120",
-    "data.synthetic_max_len=15",
-    "data.max_len=12",
-    "model.embedding_dim=16",
-    "model.dropout=0.2",
-    "train.batch_size=32",
-    "runtime.progress=false",
-]
+TINY = tiny_overrides(
+    "data.synthetic_num_users=300", "data.synthetic_num_items=120", "data.synthetic_max_len=15", "data.max_len=12",
+    "model.dropout=0.2", "train.batch_size=32", drop=("model.num_blocks", "train.learning_rate", "coco.", "llm."),
+)
 
 
 def run_cli(*args, env=None, timeout=300):
@@ -62,6 +57,7 @@ def test_unreachable_lists_tasks_that_never_accept():
         listener.close()
 
 
+@pytest.mark.slow
 def test_chief_fails_fast_on_unreachable_cluster(tmp_path):
     cluster = make_cluster(2, 1)  # free loopback ports nobody listens on
     env = dict(os.environ, TF_CONFIG=json.dumps(make_tf_config(cluster, "chief", 0)))
@@ -80,6 +76,7 @@ def test_chief_fails_fast_on_unreachable_cluster(tmp_path):
 # ----------------------------------------------------------------- bad TF_CONFIG: exit 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "tf_config, message",
     [
@@ -112,6 +109,7 @@ def test_run_cluster_argument_errors_exit_2():
 # ----------------------------------------------------------------- a finished run: exit 0, untouched
 
 
+@pytest.mark.slow
 def test_rerun_of_finished_run_leaves_it_intact(tmp_path):
     overrides = TINY + ["train.epochs=2", f"runtime.model_dir={tmp_path}"]
     Trainer(load_config(overrides=overrides)).run()
@@ -154,6 +152,7 @@ def test_history_loss_is_the_epoch_mean_of_step_losses(tmp_path):
 # ----------------------------------------------------------------- start-up noise
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.path.exists("/proc/driver/nvidia/version"), reason="a machine with an NVIDIA driver")
 def test_cpu_machine_start_is_quiet():
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "CUDA_VISIBLE_DEVICES")}
@@ -194,6 +193,7 @@ def _mount_tmpfs(path, size):
                           capture_output=True).returncode == 0
 
 
+@pytest.mark.slow
 def test_disk_full_while_checkpointing_exits_4_and_resumes(tmp_path):
     mnt = tmp_path / "small"
     if not _mount_tmpfs(mnt, "300k"):
@@ -222,6 +222,7 @@ def test_disk_full_while_checkpointing_exits_4_and_resumes(tmp_path):
 # ----------------------------------------------------------------- Ctrl-C: exit 130; old checkpoints
 
 
+@pytest.mark.slow
 def test_ctrl_c_exits_130_saying_how_to_resume(tmp_path):
     import signal
 

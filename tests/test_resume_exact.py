@@ -11,7 +11,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from test_reliability import TINY as RELIABILITY_TINY  # noqa: E402
+
+pytestmark = pytest.mark.slow  # kills and resumes training subprocesses (conftest.py)
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 

@@ -10,18 +10,12 @@ import pytest
 from coco_tf.config import load_config
 from coco_tf.data.errors import DataError
 from coco_tf.training.trainer import Trainer
+from conftest import tiny_overrides  # noqa: E402  (tests/conftest.py: the tiny config)
 
-TINY = [
-    "data.synthetic_num_users=600",
-    "data.synthetic_num_items=150",
-    "data.synthetic_max_len=15",
-    "data.max_len=12",
-    "model.embedding_dim=32",
-    "model.dropout=0.2",
-    "train.batch_size=64",
-    "train.learning_rate=0.005",
-    "runtime.progress=false",
-]
+TINY = tiny_overrides(
+    "data.synthetic_num_users=600", "data.synthetic_num_items=150", "data.synthetic_max_len=15", "data.max_len=12",
+    "model.embedding_dim=32", "model.dropout=0.2", "train.learning_rate=0.005", drop=("model.num_blocks", "coco.", "llm."),
+)
 
 
 @pytest.mark.parametrize("loss", ["full_softmax", "in_batch"])
@@ -71,6 +65,7 @@ def run_cli(*args, cwd=None):
                           env=env, cwd=cwd, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_config_errors_are_clear(tmp_path):
     proc = run_cli("--set", "train.lr=1", "--model_dir", str(tmp_path))
     assert proc.returncode == 2
@@ -78,6 +73,7 @@ def test_cli_config_errors_are_clear(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_cli_data_errors_name_file_and_line(tmp_path):
     (tmp_path / "items.tsv").write_text("item_id\ttitle\n1\tA\n")
     (tmp_path / "sequences.txt").write_text("u1 1 1 1\nu2 1 7\n")
@@ -87,6 +83,7 @@ def test_cli_data_errors_name_file_and_line(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_cli_trains_and_prints_table(tmp_path):
     proc = run_cli(*sum((["--set", s] for s in TINY + ["train.epochs=1"]), []), "--model_dir", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-2000:]
