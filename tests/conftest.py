@@ -10,8 +10,9 @@ builds the :class:`~coco_tf.config.Config` in the test's ``tmp_path``.
 >>> def test_x(tiny_config):
 ...     cfg = tiny_config("coco.method=kar", "train.epochs=3")
 
-``slow``: the cluster, kill and subprocess-heavy tests. ``python -m pytest -q -m "not slow" tests``
-runs the rest in a few minutes; CI (``.ci/run``) runs everything.
+``slow``: the cluster, kill / resume, subprocess-heavy and multi-run training tests (each carries
+its reason). ``python -m pytest -q -m "not slow" tests`` runs the rest in a few minutes; CI
+(``.ci/run``, README's test command) runs everything.
 """
 
 import os
@@ -64,5 +65,5 @@ def tiny_config(tmp_path):
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "slow: cluster, kill and subprocess-heavy tests (deselect with -m 'not slow'; CI runs them)"
+        "markers", "slow: cluster, kill / resume, subprocess and multi-run training tests (deselect with -m 'not slow'; CI runs them)"
     )

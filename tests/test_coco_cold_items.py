@@ -50,6 +50,7 @@ def _test_recall10(tmp_path, name, *overrides):
     return Trainer(cfg, dataset=planted_catalog()).run()["test"]["recall@10"]
 
 
+@pytest.mark.slow  # three six-epoch training runs
 def test_coco_with_item_text_ranks_cold_items_the_base_cannot(tmp_path):
     base = _test_recall10(tmp_path, "base", "coco.method=base")
     coco = _test_recall10(tmp_path, "coco", "coco.method=coco", "model.item_text=true")

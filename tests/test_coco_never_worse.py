@@ -71,6 +71,7 @@ def _pad(histories, max_len):
     return out
 
 
+@pytest.mark.slow  # two training runs
 def test_base_stage_then_branch_joins_at_the_base_validation(tmp_path):
     trainer = _trainer(tmp_path, "coco", "coco.method=coco", "coco.base_epochs=2", "coco.base_patience=5",
                        epochs=4)
@@ -97,6 +98,7 @@ def test_base_stage_is_at_most_half_the_budget_and_off_for_base():
     assert base_stage_epochs(load_config(overrides=["coco.method=kar", "coco.init_from=/x"])) == 0
 
 
+@pytest.mark.slow  # two training runs
 def test_init_from_restores_the_base_run_and_checks_its_shape(tmp_path):
     base = _trainer(tmp_path, "base", "coco.method=base", epochs=2)
     base_result = base.run()

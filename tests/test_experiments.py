@@ -57,7 +57,7 @@ def _cli(*args):
                           env=env, cwd=REPO, timeout=900)
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # subprocesses
 def test_grid_trains_reports_skips_and_plots(tmp_path):
     grid_path = _write(tmp_path, GRID)
     out = tmp_path / "out"
@@ -180,7 +180,7 @@ def test_grid_processes_skip_runs_another_live_process_holds(tmp_path, monkeypat
     assert grid_mod.run_grid(grid, log=lines.append) == [] and trained[-1] == held.run_dir
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # subprocesses
 def test_run_grids_streams_train_every_run_once(tmp_path):
     """launch/run_grids.sh --streams 2: two grid processes on one out_dir; each run trains in exactly
     one of them (the other skips it), and both grids' reports are written."""

@@ -103,6 +103,7 @@ def _reference(model, histories, k):
     return order + 1, np.take_along_axis(scores, order, axis=1), user
 
 
+@pytest.mark.slow  # the trained fixture: three trainings and an export CLI subprocess
 @pytest.mark.parametrize("method", ["base", "coco", "kar"])
 def test_export_matches_in_memory_model(trained, method):
     _, path, model = trained[method]  # the trainer's own model: LoRA factors separate, unmerged
@@ -140,6 +141,7 @@ def test_export_matches_in_memory_model(trained, method):
     assert info["method"] == method and info["num_items"] == NUM_ITEMS
 
 
+@pytest.mark.slow  # the trained fixture: three trainings and an export CLI subprocess
 def test_several_k_signatures(trained):
     loaded = tf.saved_model.load(trained["base"][1])
     assert set(loaded.signatures) == {"serving_default", "top_10", "top_5", "user_embedding"}
@@ -150,6 +152,7 @@ def test_several_k_signatures(trained):
     np.testing.assert_array_equal(top5, top10[:, :5])
 
 
+@pytest.mark.slow  # the trained fixture: three trainings and an export CLI subprocess
 @pytest.mark.parametrize("method", ["base", "coco"])
 def test_input_hardening(trained, method):
     _, path, model = trained[method]
@@ -180,7 +183,7 @@ def test_input_hardening(trained, method):
     np.testing.assert_allclose(out["scores"].numpy(), ref_scores, atol=1e-5, rtol=0)
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # subprocesses
 def test_saved_model_cli_show_and_run_with_tensorflow_only(tools):
     code, text, err = tools["show"]
     assert code == 0, err[-2000:]
@@ -200,12 +203,14 @@ def test_saved_model_cli_show_and_run_with_tensorflow_only(tools):
     assert len(ids.group(1).split()) == 10
 
 
+@pytest.mark.slow  # the trained fixture: three trainings and an export CLI subprocess
 def test_cli_bad_model_dir_exits_2_naming_it(tools):
     code, out, err = tools["cli_error"]
     assert code == 2 and "--model_dir" in err and "missing: no config.yaml" in err, err[-2000:]
     assert "Traceback" not in err
 
 
+@pytest.mark.slow  # the trained fixture: three trainings and an export CLI subprocess
 def test_xla_export_matches_plain_export(trained, tmp_path):
     model_dir, path, _ = trained["base"]
     xla_path = export_saved_model(model_dir, str(tmp_path), overrides=["export.jit_compile=true"])
@@ -221,6 +226,7 @@ def test_xla_export_matches_plain_export(trained, tmp_path):
     np.testing.assert_allclose(a["scores"].numpy(), b["scores"].numpy(), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow  # the trained fixture: three trainings and an export CLI subprocess
 def test_bad_input_errors_name_the_flag_or_key(trained, tmp_path):
     model_dir = trained["base"][0]
     with pytest.raises(ExportError, match="no config.yaml"):

@@ -141,7 +141,7 @@ def test_loading_a_damaged_converted_directory_lists_names(backbone, tmp_path):
         QwenBackbone.from_pretrained(str(tmp_path))
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # subprocesses
 def test_cli_runs_as_module_without_traceback(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(

@@ -57,7 +57,7 @@ def test_unreachable_lists_tasks_that_never_accept():
         listener.close()
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # subprocesses
 def test_chief_fails_fast_on_unreachable_cluster(tmp_path):
     cluster = make_cluster(2, 1)  # free loopback ports nobody listens on
     env = dict(os.environ, TF_CONFIG=json.dumps(make_tf_config(cluster, "chief", 0)))
@@ -76,7 +76,7 @@ def test_chief_fails_fast_on_unreachable_cluster(tmp_path):
 # ----------------------------------------------------------------- bad TF_CONFIG: exit 2
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # subprocesses
 @pytest.mark.parametrize(
     "tf_config, message",
     [
@@ -109,7 +109,7 @@ def test_run_cluster_argument_errors_exit_2():
 # ----------------------------------------------------------------- a finished run: exit 0, untouched
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # subprocesses
 def test_rerun_of_finished_run_leaves_it_intact(tmp_path):
     overrides = TINY + ["train.epochs=2", f"runtime.model_dir={tmp_path}"]
     Trainer(load_config(overrides=overrides)).run()
@@ -152,7 +152,7 @@ def test_history_loss_is_the_epoch_mean_of_step_losses(tmp_path):
 # ----------------------------------------------------------------- start-up noise
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # subprocesses
 @pytest.mark.skipif(os.path.exists("/proc/driver/nvidia/version"), reason="a machine with an NVIDIA driver")
 def test_cpu_machine_start_is_quiet():
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "CUDA_VISIBLE_DEVICES")}
@@ -193,7 +193,7 @@ def _mount_tmpfs(path, size):
                           capture_output=True).returncode == 0
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # subprocesses
 def test_disk_full_while_checkpointing_exits_4_and_resumes(tmp_path):
     mnt = tmp_path / "small"
     if not _mount_tmpfs(mnt, "300k"):
@@ -222,7 +222,7 @@ def test_disk_full_while_checkpointing_exits_4_and_resumes(tmp_path):
 # ----------------------------------------------------------------- Ctrl-C: exit 130; old checkpoints
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # subprocesses
 def test_ctrl_c_exits_130_saying_how_to_resume(tmp_path):
     import signal
 
@@ -249,6 +249,7 @@ def test_ctrl_c_exits_130_saying_how_to_resume(tmp_path):
     assert "interrupted: run the same command again to resume" in err and "Traceback" not in err
 
 
+@pytest.mark.slow  # stops and resumes a run
 def test_checkpoint_from_before_exact_resume_still_resumes(tmp_path):
     import tensorflow as tf
 

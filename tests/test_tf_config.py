@@ -84,7 +84,7 @@ def test_cli_builds_cluster_and_tasks():
     assert _cli("task", json.dumps(cluster), "ps", "2").returncode == 2
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # subprocesses
 def test_server_rejects_bad_tf_config():
     env = dict(os.environ, TF_CONFIG=json.dumps(cfg(cluster={"ps": ["h:2"], "worker": ["h:4"]})))
     proc = subprocess.run([sys.executable, "-m", "coco_tf.training.server"], capture_output=True, text=True,

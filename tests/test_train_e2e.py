@@ -33,6 +33,7 @@ def test_tiny_run_beats_random_by_far(tmp_path, loss):
     assert any(f.startswith("events") for f in os.listdir(tmp_path / "tensorboard"))
 
 
+@pytest.mark.slow  # stops and resumes a run
 def test_resume_continues_from_last_checkpoint(tmp_path):
     base = TINY + [f"runtime.model_dir={tmp_path}"]
     first = Trainer(load_config(overrides=base + ["train.epochs=2"]))
@@ -65,7 +66,7 @@ def run_cli(*args, cwd=None):
                           env=env, cwd=cwd, timeout=300)
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # subprocesses
 def test_cli_config_errors_are_clear(tmp_path):
     proc = run_cli("--set", "train.lr=1", "--model_dir", str(tmp_path))
     assert proc.returncode == 2
@@ -73,7 +74,7 @@ def test_cli_config_errors_are_clear(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # subprocesses
 def test_cli_data_errors_name_file_and_line(tmp_path):
     (tmp_path / "items.tsv").write_text("item_id\ttitle\n1\tA\n")
     (tmp_path / "sequences.txt").write_text("u1 1 1 1\nu2 1 7\n")
@@ -83,7 +84,7 @@ def test_cli_data_errors_name_file_and_line(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # subprocesses
 def test_cli_trains_and_prints_table(tmp_path):
     proc = run_cli(*sum((["--set", s] for s in TINY + ["train.epochs=1"]), []), "--model_dir", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-2000:]
