@@ -116,6 +116,32 @@ def test_rerun_with_the_same_out_resumes_from_the_saved_step(data_dir, tmp_path)
     assert second["steps_this_process"] == 2 * spe
     assert [e["epoch"] for e in second["heldout_by_epoch"]] == [1, 2, 3]
     assert second["probes"]["before"] == first["probes"]["before"]
+    # The 1-epoch run ended at the floor rate; the 3-epoch resume continues from there (no jump back up).
+    with open(os.path.join(str(tmp_path), pt.SCHEDULE_FILE)) as f:
+        segment = json.load(f)
+    assert segment["start_step"] == spe and segment["end_step"] == 3 * spe
+    assert segment["start_lr"] == pytest.approx(pt.FLOOR_FRACTION * 0.01, rel=1e-5)
+
+
+def test_learning_rate_schedule_is_keras_cosine_and_continuous_on_a_longer_resume():
+    import tf_keras as keras
+
+    peak, floor, total = 2e-3, 2e-4, 100
+    fresh = pt.schedule_segment(None, 0, total, peak, floor)
+    ours = pt.ResumableCosineDecay(peak, floor, total)
+    ours.set_segment(fresh)
+    reference = keras.optimizers.schedules.CosineDecay(peak, total, alpha=floor / peak)
+    for step in (0, 1, 37, 50, 99, 100, 150):
+        assert float(ours(step)) == pytest.approx(float(reference(min(step, total))), rel=1e-5)
+    # Interrupted at step 40 and resumed with the same total: the same segment.
+    assert pt.schedule_segment(fresh, 40, total, peak, floor) == fresh
+    # Resumed at step 40 for 250 steps in all: continuous at 40, floor at 250, decreasing in between.
+    longer = pt.schedule_segment(fresh, 40, 250, peak, floor)
+    ours.set_segment(longer)
+    assert float(ours(40)) == pytest.approx(float(reference(40)), rel=1e-5)
+    assert float(ours(250)) == pytest.approx(floor, rel=1e-5)
+    rates = [float(ours(s)) for s in range(40, 251, 10)]
+    assert all(a >= b for a, b in zip(rates, rates[1:])) and rates[0] > 2 * floor
 
 
 def test_in_run_pretraining_is_cached_by_content(data_dir, tmp_path, monkeypatch):

@@ -18,7 +18,9 @@ fixed held-out 5% of items (``coco_tf.llm.corpus``) used for the held-out loss.
 * Tokenizer: the checkpoint's own (its files are copied), else word-piece learned
   from the item texts (``coco_tf.llm.tokenizer.catalog_tokenizer``), saved into
   ``--out`` so every reader of the directory tokenises the same.
-* Adam, ``llm.pretrain_learning_rate`` with cosine decay to 10% over the run,
+* Adam, ``llm.pretrain_learning_rate`` with cosine decay to 10% over the run
+  (:class:`ResumableCosineDecay`: a rerun with more epochs continues from the
+  rate it reached and decays over the new remainder, it never jumps back up),
   gradient norm clipped at 1, ``llm.pretrain_batch_size`` texts per step of at
   most 32 tokens, ``llm.pretrain_epochs`` epochs.
 
@@ -30,6 +32,7 @@ fixed held-out 5% of items (``coco_tf.llm.corpus``) used for the held-out loss.
                            with the same --out continues from the saved step
     tensorboard/           train/loss (every 10 steps), heldout/loss and heldout/perplexity
                            (every epoch)
+    lr_schedule.json       the cosine segment the learning rate follows (start step and rate, end step)
     probes_before.json     the probes of the starting decoder (computed once)
     pretrain_report.json   settings, timing and the probes before / after / TF-IDF
 
@@ -64,6 +67,8 @@ SEQUENCE_LENGTH = 32      # tokens per text (the item text table's default)
 CHECKPOINT_EVERY_STEPS = 200
 TRAIN_LOG_EVERY_STEPS = 10
 REPORT_FILE = "pretrain_report.json"
+SCHEDULE_FILE = "lr_schedule.json"
+FLOOR_FRACTION = 0.1      # the cosine ends at 10% of llm.pretrain_learning_rate
 BEFORE_FILE = "probes_before.json"
 PRETRAIN_FORMAT = 1
 
@@ -125,6 +130,63 @@ def _copy_tokenizer(cfg, tokenizer, out_dir):
         if _copy_tokenizer_files(cfg.llm.checkpoint, out_dir):
             return
     save_tokenizer(tokenizer, out_dir)
+
+
+class ResumableCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Cosine decay from ``start_lr`` at ``start_step`` to ``floor`` at ``end_step``, flat after.
+
+    With ``start_step=0, start_lr=peak`` it equals
+    ``keras.optimizers.schedules.CosineDecay(peak, end_step, alpha=floor / peak)``.
+    The three segment values are variables, set after a checkpoint restore by
+    :func:`schedule_segment`, so a resume for a longer run continues from the
+    rate reached instead of recomputing the curve for the new total.
+
+    Example::
+
+        schedule = ResumableCosineDecay(peak=2e-3, floor=2e-4, end_step=1440)
+        schedule(0)     # 2e-3
+        schedule(1440)  # 2e-4
+    """
+
+    def __init__(self, peak, floor, end_step, start_step=0, start_lr=None):
+        self.peak = float(peak)
+        self.floor = float(floor)
+        self.start_step = tf.Variable(float(start_step), trainable=False, name="schedule_start_step")
+        self.start_lr = tf.Variable(float(peak if start_lr is None else start_lr), trainable=False,
+                                    name="schedule_start_lr")
+        self.end_step = tf.Variable(float(end_step), trainable=False, name="schedule_end_step")
+
+    def set_segment(self, segment: Dict):
+        self.start_step.assign(float(segment["start_step"]))
+        self.start_lr.assign(float(segment["start_lr"]))
+        self.end_step.assign(float(segment["end_step"]))
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        span = tf.maximum(self.end_step - self.start_step, 1.0)
+        progress = tf.clip_by_value((step - self.start_step) / span, 0.0, 1.0)
+        return self.floor + (self.start_lr - self.floor) * 0.5 * (1.0 + tf.cos(math.pi * progress))
+
+    def get_config(self):
+        return {"peak": self.peak, "floor": self.floor, "end_step": float(self.end_step.numpy()),
+                "start_step": float(self.start_step.numpy()), "start_lr": float(self.start_lr.numpy())}
+
+
+def schedule_segment(previous: Optional[Dict], step: int, total_steps: int, peak: float, floor: float) -> Dict:
+    """The cosine segment a (possibly resumed) run follows; ``previous`` is the saved one or None.
+
+    A fresh run decays ``peak -> floor`` over ``[0, total_steps]``. A resume with the
+    same total keeps its segment; one with another total starts a new segment at
+    ``step`` from the rate the saved segment gives there, ending at ``total_steps``.
+    """
+    if previous is None:
+        return {"start_step": 0, "start_lr": peak, "end_step": total_steps, "floor": floor}
+    if int(previous["end_step"]) == total_steps or step >= total_steps:
+        return previous
+    old = ResumableCosineDecay(peak, previous.get("floor", floor), previous["end_step"], previous["start_step"],
+                               previous["start_lr"])
+    return {"start_step": step, "start_lr": float(old(step).numpy()), "end_step": total_steps,
+            "floor": previous.get("floor", floor)}
 
 
 @dataclasses.dataclass
@@ -193,7 +255,8 @@ def pretrain(cfg, catalog, out_dir: str, verbose: int = 1) -> PretrainResult:
     batch_size = cfg.llm.pretrain_batch_size
     steps_per_epoch = int(math.ceil(len(train_ids) / batch_size))
     total_steps = steps_per_epoch * cfg.llm.pretrain_epochs
-    schedule = keras.optimizers.schedules.CosineDecay(cfg.llm.pretrain_learning_rate, total_steps, alpha=0.1)
+    peak = cfg.llm.pretrain_learning_rate
+    schedule = ResumableCosineDecay(peak, FLOOR_FRACTION * peak, total_steps)
     optimizer = keras.optimizers.Adam(learning_rate=schedule, global_clipnorm=1.0)
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="pretrain_step")
     checkpoint = tf.train.Checkpoint(lm=lm, optimizer=optimizer, step=step)
@@ -202,6 +265,26 @@ def pretrain(cfg, catalog, out_dir: str, verbose: int = 1) -> PretrainResult:
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         logging.info("pretrain: resumed %s at step %d", manager.latest_checkpoint, int(step.numpy()))
+    schedule_path = os.path.join(out_dir, SCHEDULE_FILE)
+    previous_segment = None
+    if os.path.isfile(schedule_path):
+        with open(schedule_path) as f:
+            previous_segment = json.load(f)
+    elif int(step.numpy()) > 0:
+        # A directory written before lr_schedule.json existed: its cosine ran over the steps it finished with.
+        report_file = os.path.join(out_dir, REPORT_FILE)
+        planned = total_steps
+        if os.path.isfile(report_file):
+            with open(report_file) as f:
+                planned = int(json.load(f).get("steps", total_steps))
+        previous_segment = schedule_segment(None, 0, planned, peak, FLOOR_FRACTION * peak)
+    segment = schedule_segment(previous_segment, int(step.numpy()), total_steps, peak, FLOOR_FRACTION * peak)
+    if previous_segment is not None and segment != previous_segment:
+        logging.info("pretrain: %d -> %d steps; the learning rate continues from %.3g and decays over the rest",
+                     int(previous_segment["end_step"]), total_steps, segment["start_lr"])
+    schedule.set_segment(segment)
+    with open(schedule_path, "w") as f:
+        json.dump(segment, f, indent=2)
     if int(step.numpy()) == 0 or not os.path.isfile(before_path):
         if int(step.numpy()) > 0:
             raise ValueError(f"{before_path} is missing from a resumed run; start again in a new --out")
