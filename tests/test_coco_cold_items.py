@@ -11,6 +11,7 @@ the user's category: R@10 close to 1 against 10/56 for a random ranker.
 """
 
 import numpy as np
+import pytest
 
 from coco_tf.config import load_config
 from coco_tf.data.dataset import SequenceDataset
