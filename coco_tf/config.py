@@ -127,6 +127,14 @@ class LLMConfig:
     pretrain_learning_rate: float = _field(
         1e-3, "decoder pretraining: Adam peak learning rate (cosine decay to 10%, gradient norm clipped at 1)"
     )
+    pretrain_patience: int = _field(
+        3,
+        "decoder pretraining: stop when the held-out loss has not improved for this many epochs (0: run every "
+        "epoch); the written decoder is always the epoch with the lowest held-out loss",
+    )
+    pretrain_dropout: float = _field(
+        0.0, "decoder pretraining: dropout in the decoder while it pretrains (the written config keeps the preset's)"
+    )
     pretrain_train_all: bool = _field(
         False,
         "decoder pretraining from llm.checkpoint: train every weight instead of LoRA (q, v; merged when written); "
@@ -503,6 +511,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'llm.item_text_template': {e}") from None
     if cfg.llm.pretrain_epochs < 0:
         raise ConfigError(f"config key 'llm.pretrain_epochs': must be >= 0, got {cfg.llm.pretrain_epochs}")
+    if cfg.llm.pretrain_patience < 0:
+        raise ConfigError(f"config key 'llm.pretrain_patience': must be >= 0, got {cfg.llm.pretrain_patience}")
+    if not 0.0 <= cfg.llm.pretrain_dropout < 1.0:
+        raise ConfigError(f"config key 'llm.pretrain_dropout': must be in [0, 1), got {cfg.llm.pretrain_dropout}")
     if cfg.llm.pretrain_batch_size <= 0:
         raise ConfigError(f"config key 'llm.pretrain_batch_size': must be > 0, got {cfg.llm.pretrain_batch_size}")
     if cfg.llm.pretrain_learning_rate <= 0:

@@ -54,7 +54,9 @@ def _cfg(data_dir, *overrides):
     return load_config(overrides=[
         "data.source=text", f"data.path={data_dir}", f"llm.item_text_template={TEMPLATE}",
         "llm.pretrain_epochs=25", "llm.pretrain_learning_rate=0.01", "llm.pretrain_batch_size=32",
-        "coco.codebook_size=8", "runtime.progress=false", *overrides,
+        "coco.codebook_size=8", "runtime.progress=false",
+        "llm.pretrain_patience=0",  # 16 held-out texts give a noisy held-out loss; early stopping has its own test
+        *overrides,
     ])
 
 
@@ -121,6 +123,33 @@ def test_rerun_with_the_same_out_resumes_from_the_saved_step(data_dir, tmp_path)
         segment = json.load(f)
     assert segment["start_step"] == spe and segment["end_step"] == 3 * spe
     assert segment["start_lr"] == pytest.approx(pt.FLOOR_FRACTION * 0.01, rel=1e-5)
+
+
+def test_the_written_decoder_is_the_best_heldout_epoch_and_training_stops_on_patience(data_dir, tmp_path):
+    # A learning rate this high overfits the 320-text catalog within a few epochs (held-out loss rises).
+    cfg = _cfg(data_dir, "llm.pretrain_epochs=12", "llm.pretrain_learning_rate=0.05", "llm.pretrain_patience=2",
+               "llm.pretrain_dropout=0.1")
+    catalog = load_dataset(cfg.data)
+    result = pt.pretrain(cfg, catalog, str(tmp_path), verbose=0)
+    report = result.report
+    losses = [e["heldout_loss"] for e in report["heldout_by_epoch"]]
+    best = int(np.argmin(losses))
+    assert report["best_epoch"] == best + 1
+    # It stopped exactly `patience` epochs after the best one (measured here: best 7 of 9 run).
+    assert len(losses) == best + 1 + 2 < 12
+    # The written weights are the best epoch's: their held-out perplexity is exp(best loss).
+    from coco_tf.llm.causal_lm import CausalLM
+    from coco_tf.llm.corpus import split_corpus
+
+    texts = item_texts(catalog, TEMPLATE)
+    held = [texts[i] for i in split_corpus(texts).heldout_ids]
+    assert np.log(probe.perplexity(CausalLM(result.backbone), result.tokenizer, held)) == pytest.approx(
+        losses[best], abs=1e-4)
+    with open(os.path.join(str(tmp_path), "config.json")) as f:
+        assert json.load(f)["backbone"]["dropout"] == 0.0  # the preset's, not the pretraining dropout
+    # A rerun of a run that stopped early trains no further.
+    again = pt.pretrain(cfg, catalog, str(tmp_path), verbose=0).report
+    assert again["steps"] == report["steps"] and again["steps_this_process"] == 0
 
 
 def test_learning_rate_schedule_is_keras_cosine_and_continuous_on_a_longer_resume():

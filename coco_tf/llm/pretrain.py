@@ -22,7 +22,10 @@ fixed held-out 5% of items (``coco_tf.llm.corpus``) used for the held-out loss.
   (:class:`ResumableCosineDecay`: a rerun with more epochs continues from the
   rate it reached and decays over the new remainder, it never jumps back up),
   gradient norm clipped at 1, ``llm.pretrain_batch_size`` texts per step of at
-  most 32 tokens, ``llm.pretrain_epochs`` epochs.
+  most 32 tokens, at most ``llm.pretrain_epochs`` epochs, stopping when the held-out
+  loss has not improved for ``llm.pretrain_patience`` epochs; the decoder written is
+  the epoch with the lowest held-out loss (on Beauty, ``small`` overfits the 11.5k
+  texts after 8 epochs: docs/results.md §8). ``llm.pretrain_dropout`` regularises.
 
 ``--out`` is a converted decoder directory (``config.json`` + ``weights.h5`` +
 ``tokenizer/``, the format of ``python -m coco_tf.llm.convert``), so
@@ -30,6 +33,8 @@ fixed held-out 5% of items (``coco_tf.llm.corpus``) used for the held-out loss.
 
     train_ckpt/            optimizer + weights + step (tf.train.CheckpointManager): a rerun
                            with the same --out continues from the saved step
+    best_ckpt/             the weights of the epoch with the lowest held-out loss
+    heldout_by_epoch.json  held-out loss per epoch (the early-stopping state)
     tensorboard/           train/loss (every 10 steps), heldout/loss and heldout/perplexity
                            (every epoch)
     lr_schedule.json       the cosine segment the learning rate follows (start step and rate, end step)
@@ -67,13 +72,15 @@ SEQUENCE_LENGTH = 32      # tokens per text (the item text table's default)
 CHECKPOINT_EVERY_STEPS = 200
 TRAIN_LOG_EVERY_STEPS = 10
 REPORT_FILE = "pretrain_report.json"
+HELDOUT_FILE = "heldout_by_epoch.json"
 SCHEDULE_FILE = "lr_schedule.json"
 FLOOR_FRACTION = 0.1      # the cosine ends at 10% of llm.pretrain_learning_rate
 BEFORE_FILE = "probes_before.json"
 PRETRAIN_FORMAT = 1
 
 
-def build_source_backbone(cfg, lora_rank: int = 0, lora_alpha: float = 16.0, lora_dropout: float = 0.0):
+def build_source_backbone(cfg, lora_rank: int = 0, lora_alpha: float = 16.0, lora_dropout: float = 0.0,
+                          dropout: Optional[float] = None):
     """The starting decoder of ``cfg.llm``, with clear one-line errors.
 
     ``llm.checkpoint`` (a converted / pretrained directory) or the random
@@ -84,6 +91,8 @@ def build_source_backbone(cfg, lora_rank: int = 0, lora_alpha: float = 16.0, lor
 
     keras.utils.set_random_seed(cfg.train.seed)
     kwargs = dict(lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, name="pretrain_llm")
+    if dropout is not None:
+        kwargs["dropout"] = dropout
     if cfg.llm.checkpoint:
         if not os.path.isdir(cfg.llm.checkpoint):
             raise ConfigError(f"config key 'llm.checkpoint': {cfg.llm.checkpoint} is not a directory")
@@ -112,7 +121,26 @@ def _settings(cfg, train_all: bool) -> Dict:
         "lora_alpha": cfg.llm.lora_alpha,
         "seed": cfg.train.seed,
         "sequence_length": SEQUENCE_LENGTH,
+        "patience": cfg.llm.pretrain_patience,
+        "dropout": cfg.llm.pretrain_dropout,
     }
+
+
+def _source_dropout(cfg) -> float:
+    """The dropout the starting decoder's config has (the written one keeps it)."""
+    from coco_tf.llm import presets
+    from coco_tf.models.qwen_backbone import read_backbone_config
+
+    config = read_backbone_config(cfg.llm.checkpoint) if cfg.llm.checkpoint else presets.get_preset(cfg.llm.preset)
+    return float(config.get("dropout", 0.0))
+
+
+def _epochs_since_best(heldout_losses) -> int:
+    """Epochs after the one with the lowest held-out loss (0: the newest is the best)."""
+    if not heldout_losses:
+        return 0
+    losses = [e["heldout_loss"] for e in heldout_losses]
+    return len(losses) - 1 - int(np.argmin(losses))
 
 
 def _batch_arrays(ids: np.ndarray, mask: np.ndarray):
@@ -231,7 +259,9 @@ def pretrain(cfg, catalog, out_dir: str, verbose: int = 1) -> PretrainResult:
         lora_rank=0 if train_all else cfg.llm.lora_rank,
         lora_alpha=cfg.llm.lora_alpha,
         lora_dropout=0.0 if train_all else cfg.llm.lora_dropout,
+        dropout=cfg.llm.pretrain_dropout,
     )
+    written_dropout = _source_dropout(cfg) if cfg.llm.pretrain_dropout else None
     os.makedirs(out_dir, exist_ok=True)
     from coco_tf.llm.tokenizer import WORD_PIECE_FILE
 
@@ -313,8 +343,21 @@ def pretrain(cfg, catalog, out_dir: str, verbose: int = 1) -> PretrainResult:
                                   stateful_metrics=["loss"])
     if first and verbose:
         progbar.update(first)
+    heldout_path = os.path.join(out_dir, HELDOUT_FILE)
     heldout_losses = []
+    if os.path.isfile(heldout_path):
+        with open(heldout_path) as f:
+            heldout_losses = json.load(f)
+    elif os.path.isfile(os.path.join(out_dir, REPORT_FILE)):  # written before heldout_by_epoch.json existed
+        with open(os.path.join(out_dir, REPORT_FILE)) as f:
+            heldout_losses = json.load(f).get("heldout_by_epoch", [])
+    best_manager = tf.train.CheckpointManager(tf.train.Checkpoint(lm=lm), os.path.join(out_dir, "best_ckpt"),
+                                              max_to_keep=1)
+    patience = cfg.llm.pretrain_patience if held_texts else 0  # no held-out texts: nothing to stop on
     for epoch in range(first // steps_per_epoch, cfg.llm.pretrain_epochs):
+        if patience and _epochs_since_best(heldout_losses) >= patience:
+            logging.info("pretrain: held-out loss has not improved for %d epochs; stopping", patience)
+            break
         order = np.random.default_rng(cfg.train.seed + epoch).permutation(len(train_ids))
         for b in range(first - epoch * steps_per_epoch if epoch == first // steps_per_epoch else 0,
                        steps_per_epoch):
@@ -330,12 +373,26 @@ def pretrain(cfg, catalog, out_dir: str, verbose: int = 1) -> PretrainResult:
         current = int(step.numpy())
         held_ppl = probe.perplexity(lm, tokenizer, held_texts) if held_texts else float("nan")
         heldout_losses.append({"epoch": epoch + 1, "step": current, "heldout_loss": math.log(held_ppl)})
+        if held_texts and _epochs_since_best(heldout_losses) == 0:
+            best_manager.save(checkpoint_number=current)
         with writer.as_default():
             tf.summary.scalar("heldout/loss", math.log(held_ppl), step=current)
             tf.summary.scalar("heldout/perplexity", held_ppl, step=current)
         writer.flush()
         manager.save(checkpoint_number=current)
+        tmp = heldout_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(heldout_losses, f, indent=2)
+        os.replace(tmp, heldout_path)
     train_seconds = time.time() - train_started
+    best_epoch = None
+    if heldout_losses and best_manager.latest_checkpoint:
+        best = min(heldout_losses, key=lambda e: e["heldout_loss"])
+        best_epoch = best["epoch"]
+        tf.train.Checkpoint(lm=lm).restore(best_manager.latest_checkpoint).assert_existing_objects_matched()
+        logging.info("pretrain: writing the epoch-%d decoder (held-out loss %.4f)", best_epoch, best["heldout_loss"])
+    if written_dropout is not None:
+        backbone.dropout = written_dropout
     trained_steps = int(step.numpy()) - first
 
     if backbone.lora_rank > 0:
@@ -363,7 +420,8 @@ def pretrain(cfg, catalog, out_dir: str, verbose: int = 1) -> PretrainResult:
         "train_seconds": round(previous.get("train_seconds", 0.0) + train_seconds, 2),
         "steps_per_second": round(trained_steps / train_seconds, 3) if trained_steps else None,
         "wall_seconds_this_process": round(time.time() - started, 2),
-        "heldout_by_epoch": previous.get("heldout_by_epoch", []) + heldout_losses,
+        "heldout_by_epoch": heldout_losses,
+        "best_epoch": best_epoch,
         "probes": {"before": before, "after": after, "tfidf": tfidf},
     }
     tmp = report_path + ".tmp"
