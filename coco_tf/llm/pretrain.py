@@ -129,7 +129,7 @@ def _settings(cfg, train_all: bool) -> Dict:
 def _source_dropout(cfg) -> float:
     """The dropout the starting decoder's config has (the written one keeps it)."""
     from coco_tf.llm import presets
-    from coco_tf.models.qwen_backbone import read_backbone_config
+    from coco_tf.llm.qwen_decoder import read_backbone_config
 
     config = read_backbone_config(cfg.llm.checkpoint) if cfg.llm.checkpoint else presets.get_preset(cfg.llm.preset)
     return float(config.get("dropout", 0.0))
