@@ -83,19 +83,24 @@ def main(argv):
     logging.get_absl_handler().addFilter(
         lambda record: not record.pathname.endswith("functional_saver.py")
     )
-    try:
-        if cfg.runtime.strategy == "ps":
-            from coco_tf.training.ps_trainer import ClusterFailure, PSTrainer
+    from coco_tf.training import interrupt
 
-            try:
-                trainer = PSTrainer(cfg)
+    try:
+        # The first Ctrl-C stops at the next step boundary (a signal inside TensorFlow's checkpoint
+        # writer would otherwise surface as a RuntimeError); a second one stops at once.
+        with interrupt.deferred():
+            if cfg.runtime.strategy == "ps":
+                from coco_tf.training.ps_trainer import ClusterFailure, PSTrainer
+
+                try:
+                    trainer = PSTrainer(cfg)
+                    result = trainer.run()
+                except ClusterFailure as e:
+                    print(f"cluster error: {e}", file=sys.stderr)
+                    return 3
+            else:
+                trainer = Trainer(cfg)
                 result = trainer.run()
-            except ClusterFailure as e:
-                print(f"cluster error: {e}", file=sys.stderr)
-                return 3
-        else:
-            trainer = Trainer(cfg)
-            result = trainer.run()
     except TFConfigError as e:
         print(f"TF_CONFIG error: {e}", file=sys.stderr)
         return 2

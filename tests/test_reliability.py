@@ -265,3 +265,21 @@ def test_checkpoint_from_before_exact_resume_still_resumes(tmp_path):
     result = Trainer(load_config(overrides=overrides + ["train.epochs=2"])).run()
     assert result["epochs_run"] == 2
     assert [h["epoch"] for h in json.load(open(tmp_path / "history.json"))] == [2]
+
+
+def test_first_ctrl_c_is_deferred_to_the_next_check_and_a_second_one_is_not():
+    import signal
+
+    from coco_tf.training import interrupt
+
+    before = signal.getsignal(signal.SIGINT)
+    with interrupt.deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler runs between bytecodes; nothing was raised here
+        with pytest.raises(KeyboardInterrupt):
+            interrupt.check()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # the second one raises at once
+            time.sleep(1.0)
+    interrupt.check()  # outside: the request is cleared and the previous handler is back
+    assert signal.getsignal(signal.SIGINT) is before

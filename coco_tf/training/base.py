@@ -53,6 +53,7 @@ from absl import logging
 from coco_tf.config import Config, dump_config
 from coco_tf.data.errors import DataError
 from coco_tf.metrics.evaluator import SELECTION_METRIC, Evaluator
+from coco_tf.training import interrupt
 from coco_tf.training.inputs import load_and_split, model_inputs, training_lengths
 from coco_tf.training.warm_start import warm_start
 
@@ -282,6 +283,7 @@ class TrainerBase:
         write_json(self.history_path, history, indent=1)
         self.manager.save(checkpoint_number=checkpoint_number)
         self.writer.flush()
+        interrupt.check()  # a Ctrl-C during validation or the save stops here, with the epoch saved
         if stop:
             logging.info("early stopping after epoch %d", epoch)
         return stop

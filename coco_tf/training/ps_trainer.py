@@ -97,6 +97,7 @@ from absl import logging  # noqa: E402
 from coco_tf.config import Config  # noqa: E402
 from coco_tf.data.pipeline import count_batches, train_dataset  # noqa: E402
 from coco_tf.methods.factory import build_model  # noqa: E402
+from coco_tf.training import interrupt  # noqa: E402
 from coco_tf.training.base import TrainerBase  # noqa: E402
 from coco_tf.training.lazy_adam import LazyAdam  # noqa: E402
 from coco_tf.training.step import train_step  # noqa: E402
@@ -350,6 +351,7 @@ class PSTrainer(TrainerBase):
                     sums.append(self.coordinator.schedule(train_fn, args=(iterator, tf.constant(n))))
                     done += n
                 self.coordinator.join()
+                interrupt.check()  # a deferred Ctrl-C stops here, after the scheduled steps finished
                 chunk_steps = chunk_end - int(self.epoch_step.numpy())
                 chunk_sums = np.sum([r.fetch() for r in sums], axis=0)
                 epoch_sums += chunk_sums

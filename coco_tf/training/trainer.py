@@ -20,6 +20,7 @@ from absl import logging
 
 from coco_tf.data.pipeline import count_batches, train_dataset
 from coco_tf.methods.factory import build_model
+from coco_tf.training import interrupt
 from coco_tf.training.base import TrainerBase, write_json
 from coco_tf.training.step import apply_gradients, generator_rng, make_optimizer, train_step
 
@@ -108,6 +109,7 @@ class Trainer(TrainerBase):
             sums, n, te = {}, 0, time.time()
             for i, batch in enumerate(ds):
                 losses = {k: float(v) for k, v in step(batch).items()}
+                interrupt.check()
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + v
                 n += 1
@@ -188,6 +190,7 @@ class Trainer(TrainerBase):
                         for k, v in telemetry.items():
                             tf.summary.scalar(f"train/{k}", v, step=step)
                 bar.update(i + 1, [("loss", loss_value)])
+                interrupt.check()
                 if every and (i + 1) % every == 0 and i + 1 < steps_per_epoch:
                     self.epoch_step.assign(i + 1)
                     self.epoch_partial.assign(json.dumps({
