@@ -20,6 +20,7 @@ from coco_tf.config import ConfigError, load_config
 from coco_tf.data.loader import load_dataset
 from coco_tf.llm import pretrain as pt
 from coco_tf.llm import probe
+from coco_tf.llm.source import build_source_backbone
 from coco_tf.llm.item_text import item_texts, template_fields
 
 NUM_CATEGORIES, WORDS_PER_CATEGORY, NUM_ITEMS = 8, 20, 320
@@ -203,15 +204,15 @@ def test_bad_inputs_give_one_line_errors(data_dir, tmp_path, capsys):
     cfg = _cfg(data_dir)
     cfg.llm.preset = "huge"  # past the config check
     with pytest.raises(ConfigError, match=r"'llm.preset': 'huge' is not allowed; allowed values: tiny, small"):
-        pt.build_source_backbone(cfg)
+        build_source_backbone(cfg)
 
     bad = tmp_path / "bad_ckpt"
     bad.mkdir()
     (bad / "config.json").write_text("{\"format\": \"something else\"}")
     with pytest.raises(ConfigError, match=r"'llm.checkpoint': cannot read .*bad_ckpt.*not a coco_tf decoder"):
-        pt.build_source_backbone(_cfg(data_dir, f"llm.checkpoint={bad}"))
+        build_source_backbone(_cfg(data_dir, f"llm.checkpoint={bad}"))
     with pytest.raises(ConfigError, match=r"'llm.checkpoint': .*missing is not a directory"):
-        pt.build_source_backbone(_cfg(data_dir, f"llm.checkpoint={tmp_path / 'missing'}"))
+        build_source_backbone(_cfg(data_dir, f"llm.checkpoint={tmp_path / 'missing'}"))
     with pytest.raises(ConfigError, match=r"llm.item_text_template.*unknown placeholder.*\{colour\}"):
         _cfg(data_dir, "llm.item_text_template={title} {colour}")
     with pytest.raises(ConfigError, match="llm.pretrain_epochs': must be > 0 to pretrain"):

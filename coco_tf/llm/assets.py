@@ -30,26 +30,13 @@ import time
 from typing import Dict, Optional
 
 import numpy as np
-import tensorflow as tf
 from absl import logging
 
-from coco_tf.llm.item_text_table import build_item_text_table
+from coco_tf.llm.item_text_table import build_item_text_table, encode_texts  # noqa: F401 (export reads it here)
 from coco_tf.llm.item_text import item_texts
 from coco_tf.llm.prompts import KAR_PROMPT_TEXTS, SHARED_PROMPT_TEXTS, prompt_texts
 from coco_tf.llm.tokenizer import catalog_tokenizer
-from coco_tf.utils import masked_mean
 from coco_tf.llm.qwen_decoder import QwenBackbone, decoder_config
-
-PROMPT_SEQUENCE_LENGTH = 16
-
-
-def encode_texts(texts, backbone: QwenBackbone, tokenizer, sequence_length: int = PROMPT_SEQUENCE_LENGTH) -> np.ndarray:
-    """``[len(texts), d_llm]``: each text through the frozen decoder, mean-pooled over its tokens."""
-    ids, mask = tokenizer.encode(list(texts), sequence_length)
-    ids = np.where(ids < backbone.vocabulary_size, ids, 0)
-    hidden = backbone({"token_ids": tf.constant(ids), "padding_mask": tf.constant(mask)}, training=False)
-    return masked_mean(tf.cast(hidden, tf.float32), tf.constant(mask)).numpy()
-
 
 @dataclasses.dataclass
 class LLMAssets:

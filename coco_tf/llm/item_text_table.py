@@ -116,6 +116,17 @@ def _encode_titles(titles, backbone, tokenizer, sequence_length, batch_size, ver
     return table
 
 
+PROMPT_SEQUENCE_LENGTH = 16
+
+
+def encode_texts(texts, backbone, tokenizer, sequence_length: int = PROMPT_SEQUENCE_LENGTH) -> np.ndarray:
+    """``[len(texts), d_llm]``: each text through the frozen decoder, mean-pooled over its tokens."""
+    ids, mask = tokenizer.encode(list(texts), sequence_length)
+    ids = np.where(ids < backbone.vocabulary_size, ids, 0)
+    hidden = backbone({"token_ids": tf.constant(ids), "padding_mask": tf.constant(mask)}, training=False)
+    return masked_mean(tf.cast(hidden, tf.float32), tf.constant(mask)).numpy()
+
+
 def _paths(cache_dir, key):
     base = os.path.join(cache_dir, f"item_text_table_{key[:16]}")
     return base + ".npy", base + ".json"

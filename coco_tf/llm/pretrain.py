@@ -67,6 +67,7 @@ from absl import logging
 from coco_tf.config import ConfigError
 from coco_tf.llm.corpus import split_corpus
 from coco_tf.llm.item_text import check_texts, item_texts
+from coco_tf.llm.source import build_source_backbone, source_dropout
 
 SEQUENCE_LENGTH = 32      # tokens per text (the item text table's default)
 CHECKPOINT_EVERY_STEPS = 200
@@ -77,35 +78,6 @@ SCHEDULE_FILE = "lr_schedule.json"
 FLOOR_FRACTION = 0.1      # the cosine ends at 10% of llm.pretrain_learning_rate
 BEFORE_FILE = "probes_before.json"
 PRETRAIN_FORMAT = 1
-
-
-def build_source_backbone(cfg, lora_rank: int = 0, lora_alpha: float = 16.0, lora_dropout: float = 0.0,
-                          dropout: Optional[float] = None):
-    """The starting decoder of ``cfg.llm``, with clear one-line errors.
-
-    ``llm.checkpoint`` (a converted / pretrained directory) or the random
-    ``llm.preset`` seeded by ``train.seed``.
-    """
-    from coco_tf.llm import presets
-    from coco_tf.llm.qwen_decoder import QwenBackbone
-
-    keras.utils.set_random_seed(cfg.train.seed)
-    kwargs = dict(lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, name="pretrain_llm")
-    if dropout is not None:
-        kwargs["dropout"] = dropout
-    if cfg.llm.checkpoint:
-        if not os.path.isdir(cfg.llm.checkpoint):
-            raise ConfigError(f"config key 'llm.checkpoint': {cfg.llm.checkpoint} is not a directory")
-        try:
-            return QwenBackbone.from_pretrained(cfg.llm.checkpoint, **kwargs)
-        except (ValueError, OSError, KeyError) as e:
-            raise ConfigError(f"config key 'llm.checkpoint': cannot read {cfg.llm.checkpoint}: {e}") from None
-    if cfg.llm.preset not in presets.PRESETS:
-        raise ConfigError(
-            f"config key 'llm.preset': {cfg.llm.preset!r} is not allowed; allowed values: "
-            f"{', '.join(presets.PRESETS)}"
-        )
-    return QwenBackbone.from_preset(cfg.llm.preset, **kwargs)
 
 
 def _settings(cfg, train_all: bool) -> Dict:
@@ -124,15 +96,6 @@ def _settings(cfg, train_all: bool) -> Dict:
         "patience": cfg.llm.pretrain_patience,
         "dropout": cfg.llm.pretrain_dropout,
     }
-
-
-def _source_dropout(cfg) -> float:
-    """The dropout the starting decoder's config has (the written one keeps it)."""
-    from coco_tf.llm import presets
-    from coco_tf.llm.qwen_decoder import read_backbone_config
-
-    config = read_backbone_config(cfg.llm.checkpoint) if cfg.llm.checkpoint else presets.get_preset(cfg.llm.preset)
-    return float(config.get("dropout", 0.0))
 
 
 def _epochs_since_best(heldout_losses) -> int:
@@ -261,7 +224,7 @@ def pretrain(cfg, catalog, out_dir: str, verbose: int = 1) -> PretrainResult:
         lora_dropout=0.0 if train_all else cfg.llm.lora_dropout,
         dropout=cfg.llm.pretrain_dropout,
     )
-    written_dropout = _source_dropout(cfg) if cfg.llm.pretrain_dropout else None
+    written_dropout = source_dropout(cfg) if cfg.llm.pretrain_dropout else None
     os.makedirs(out_dir, exist_ok=True)
     from coco_tf.llm.tokenizer import WORD_PIECE_FILE
 

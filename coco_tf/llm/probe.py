@@ -128,7 +128,7 @@ def decoder_category_agreement(catalog, backbone, tokenizer) -> float:
 
 def prompt_spread(backbone, tokenizer, k: int) -> float:
     """Mean pairwise cosine of the ``k`` codebook-init prompt encodings (off-diagonal)."""
-    from coco_tf.llm.assets import encode_texts
+    from coco_tf.llm.item_text_table import encode_texts
 
     v = encode_texts(prompt_texts(k), backbone, tokenizer)
     v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
@@ -169,7 +169,7 @@ def format_table(rows: Dict[str, Dict]) -> str:
 
 def load_decoder(cfg, texts):
     """``(backbone, tokenizer)`` for ``cfg.llm``: the checkpoint, or the random preset seeded by ``train.seed``."""
-    from coco_tf.llm.pretrain import build_source_backbone
+    from coco_tf.llm.source import build_source_backbone
     from coco_tf.llm.tokenizer import catalog_tokenizer
 
     backbone = build_source_backbone(cfg, lora_rank=0)
