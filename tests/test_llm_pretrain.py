@@ -76,6 +76,7 @@ def trained(data_dir, tmp_path_factory):
     return cfg, catalog, out, pt.pretrain(cfg, catalog, out, verbose=0)
 
 
+@pytest.mark.slow  # 25 pretraining epochs (the module fixture)
 def test_pretraining_lowers_heldout_perplexity_and_raises_category_agreement(trained):
     _, _, out, result = trained
     probes = result.report["probes"]
@@ -88,6 +89,7 @@ def test_pretraining_lowers_heldout_perplexity_and_raises_category_agreement(tra
     assert os.listdir(os.path.join(out, "tensorboard"))
 
 
+@pytest.mark.slow  # needs the 25-epoch fixture
 def test_written_directory_is_a_checkpoint_with_the_same_item_text_table(trained):
     from coco_tf.llm.assets import build_llm_assets
     from coco_tf.llm.item_text_table import build_item_text_table
@@ -108,6 +110,7 @@ def test_written_directory_is_a_checkpoint_with_the_same_item_text_table(trained
                        "--set", "coco.codebook_size=8"]) == 0
 
 
+@pytest.mark.slow  # stops and resumes a pretraining run
 def test_rerun_with_the_same_out_resumes_from_the_saved_step(data_dir, tmp_path):
     cfg1 = _cfg(data_dir, "llm.pretrain_epochs=1")
     catalog = load_dataset(cfg1.data)
@@ -126,6 +129,7 @@ def test_rerun_with_the_same_out_resumes_from_the_saved_step(data_dir, tmp_path)
     assert segment["start_lr"] == pytest.approx(pt.FLOOR_FRACTION * 0.01, rel=1e-5)
 
 
+@pytest.mark.slow  # up to 12 pretraining epochs, twice
 def test_the_written_decoder_is_the_best_heldout_epoch_and_training_stops_on_patience(data_dir, tmp_path):
     # A learning rate this high overfits the 320-text catalog within a few epochs (held-out loss rises).
     cfg = _cfg(data_dir, "llm.pretrain_epochs=12", "llm.pretrain_learning_rate=0.05", "llm.pretrain_patience=2",
