@@ -67,15 +67,14 @@ def build_model(
     if method == "base":
         return SequentialRetrievalModel(**common, name="sequential_retrieval")
     c = cfg.coco
+    # The user-level LLM methods' shared switches (docs/design.md §5).
+    common.update(alpha=c.alpha, zero_init=c.zero_init, user_position=c.user_position,
+                  rec_to_backbone=c.rec_to_backbone)
     if method == "kar":
         return KARModel(
             **common,
             llm=llm_assets.make_decoder(lora_rank=0),
             prompt_vectors=llm_assets.kar_prompts,
-            alpha=c.alpha,
-            zero_init=c.zero_init,
-            user_position=c.user_position,
-            rec_to_backbone=c.rec_to_backbone,
             name="kar_retrieval",
         )
     lora_rank = 0 if c.ablation == "con" else cfg.llm.lora_rank
@@ -92,13 +91,9 @@ def build_model(
         initial_shared=llm_assets.shared_init,
         ablation=c.ablation,
         fusion=c.fusion,
-        alpha=c.alpha,
-        user_position=c.user_position,
         beta=c.beta,
         gamma=c.gamma,
         usage_weight=c.usage_weight,
         usage_temperature=c.usage_temperature,
-        zero_init=c.zero_init,
-        rec_to_backbone=c.rec_to_backbone,
         name="coco_retrieval",
     )
