@@ -10,6 +10,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from test_coco_train import _learns  # noqa: E402
 
 
+@pytest.mark.slow  # one 3-epoch CoCo training per case (test_coco_train keeps CoCo's own in the fast run)
 @pytest.mark.parametrize(
     "overrides",
     [["coco.ablation=con"],
