@@ -193,10 +193,16 @@ class CoCoConfig:
         "initialisation the model ranks exactly as its backbone (false: the paper's random init)",
     )
     base_epochs: int = _field(
-        10,
-        "kar/coco: a first stage trains the backbone alone (the base objective) for at most this many "
-        "epochs, and at most half of train.epochs (both count toward train.epochs), ending early when validation NDCG@10 stalls for coco.base_patience "
-        "evaluations; the LLM branch then joins from the stage's best checkpoint (0: no base stage)",
+        -1,
+        "kar/coco: a first stage trains the backbone alone (the base objective); -1: until validation "
+        "NDCG@10 stalls for coco.base_patience evaluations; n > 0: at most n epochs (still ending on a stall); "
+        "either way it ends by train.epochs - coco.branch_epochs (both stages count toward train.epochs); the "
+        "LLM branch then joins from the stage's best checkpoint (0: no base stage)",
+    )
+    branch_epochs: int = _field(
+        5,
+        "kar/coco with a base stage: epochs of train.epochs kept for the LLM branch (the base stage ends "
+        "at train.epochs - branch_epochs at the latest, and at half of train.epochs if that is later)",
     )
     base_patience: int = _field(2, "kar/coco base stage: evaluations without a better validation NDCG@10 that end it")
     init_from: str = _field(
@@ -500,9 +506,12 @@ def validate(cfg: Config) -> None:
                        ("runtime.ps_shards", cfg.runtime.ps_shards),
                        ("runtime.cluster_connect_timeout", cfg.runtime.cluster_connect_timeout),
                        ("coco.num_shared_prompts", cfg.coco.num_shared_prompts),
-                       ("coco.base_epochs", cfg.coco.base_epochs), ("coco.usage_weight", cfg.coco.usage_weight)):
+                       ("coco.branch_epochs", cfg.coco.branch_epochs), ("coco.usage_weight", cfg.coco.usage_weight)):
         if value < 0:
             raise ConfigError(f"config key '{key}': must be >= 0, got {value}")
+    if cfg.coco.base_epochs < -1:
+        raise ConfigError(f"config key 'coco.base_epochs': must be -1 (until validation stalls), 0 (no base "
+                          f"stage) or a positive limit, got {cfg.coco.base_epochs}")
     from coco_tf.llm.item_text import template_fields
 
     try:

@@ -90,10 +90,16 @@ def test_base_stage_then_branch_joins_at_the_base_validation(tmp_path):
     assert result["best_epoch"] >= join["from_epoch"]
 
 
-def test_base_stage_is_at_most_half_the_budget_and_off_for_base():
+def test_base_stage_limit_and_off_for_base():
     from coco_tf.training.base import base_stage_epochs
-    assert base_stage_epochs(load_config(overrides=["coco.method=coco", "train.epochs=30"])) == 10
+    # -1 (the default): until the stall, leaving coco.branch_epochs (5) of train.epochs to the branch,
+    # but never less than half of train.epochs to the base stage.
+    assert base_stage_epochs(load_config(overrides=["coco.method=coco", "train.epochs=30"])) == 25
     assert base_stage_epochs(load_config(overrides=["coco.method=coco", "train.epochs=3"])) == 1
+    assert base_stage_epochs(load_config(overrides=["coco.method=coco", "train.epochs=30",
+                                                    "coco.branch_epochs=12"])) == 18
+    assert base_stage_epochs(load_config(overrides=["coco.method=kar", "train.epochs=30", "coco.base_epochs=10"])) == 10
+    assert base_stage_epochs(load_config(overrides=["coco.method=kar", "train.epochs=30", "coco.base_epochs=0"])) == 0
     assert base_stage_epochs(load_config(overrides=["coco.method=base", "train.epochs=30"])) == 0
     assert base_stage_epochs(load_config(overrides=["coco.method=kar", "coco.init_from=/x"])) == 0
 

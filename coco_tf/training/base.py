@@ -72,11 +72,16 @@ def write_json(path: str, obj, indent: int) -> None:
 
 
 def base_stage_epochs(cfg: Config) -> int:
-    """Epochs of the kar/coco base stage: ``coco.base_epochs``, at most half of ``train.epochs``;
-    0 for ``base``, with ``coco.init_from`` (a trained backbone), or when switched off."""
-    if cfg.coco.method == "base" or cfg.coco.init_from:
+    """The most epochs the kar/coco base stage may take (a stall ends it earlier).
+
+    ``train.epochs - coco.branch_epochs`` (never below half of ``train.epochs``), and at most
+    ``coco.base_epochs`` when that is positive (-1: no limit but the stall); 0 for ``base``, with
+    ``coco.init_from`` (a trained backbone), or with ``coco.base_epochs=0``."""
+    c = cfg.coco
+    if c.method == "base" or c.init_from or c.base_epochs == 0:
         return 0
-    return min(cfg.coco.base_epochs, cfg.train.epochs // 2)
+    limit = max(cfg.train.epochs - c.branch_epochs, cfg.train.epochs // 2)
+    return limit if c.base_epochs < 0 else min(c.base_epochs, limit)
 
 
 class TrainerBase:
