@@ -215,6 +215,11 @@ class CoCoConfig:
         "kar/coco: the user-level loss L_r (and CoCo's VQ terms) also train the backbone (the paper: end to "
         "end); false: the backbone learns from its own objective only and L_r trains the LLM branch alone",
     )
+    branch_penalty: float = _field(
+        0.0,
+        "kar/coco: weight of the penalty mean ||user vector - h_RS||^2 on what the LLM branch adds to the "
+        "backbone's user vector (0: none, the paper's loss)",
+    )
     usage_weight: float = _field(
         0.1,
         "weight of the codebook usage term: log K minus the entropy of the batch's mean soft assignment "
@@ -506,7 +511,8 @@ def validate(cfg: Config) -> None:
                        ("runtime.ps_shards", cfg.runtime.ps_shards),
                        ("runtime.cluster_connect_timeout", cfg.runtime.cluster_connect_timeout),
                        ("coco.num_shared_prompts", cfg.coco.num_shared_prompts),
-                       ("coco.branch_epochs", cfg.coco.branch_epochs), ("coco.usage_weight", cfg.coco.usage_weight)):
+                       ("coco.branch_epochs", cfg.coco.branch_epochs), ("coco.usage_weight", cfg.coco.usage_weight),
+                       ("coco.branch_penalty", cfg.coco.branch_penalty)):
         if value < 0:
             raise ConfigError(f"config key '{key}': must be >= 0, got {value}")
     if cfg.coco.base_epochs < -1:

@@ -149,3 +149,37 @@ def test_shuffle_control_reaches_the_model(tmp_path):
     shuffled = _trainer(tmp_path, "shuffled", "coco.method=kar", "llm.text_table_shuffle=true")
     a, b = plain.llm_assets.item_text_table, shuffled.llm_assets.item_text_table
     np.testing.assert_array_equal(b, shuffle_item_rows(a))
+
+
+@pytest.mark.parametrize("method", ["coco", "kar"])
+def test_branch_penalty_adds_what_the_branch_moves_the_user_vector(tmp_path, method):
+    """coco.branch_penalty: the loss grows by λ · mean_u ||user_u − h_RS,u||², computed here in numpy
+    from the model's own user vector and h_RS (a moved branch, so the term is not zero)."""
+    lam = 0.7
+    models = {}
+    for name, value in (("free", 0.0), ("penalised", lam)):
+        t = _trainer(tmp_path, f"{method}_{name}", f"coco.method={method}", "model.dropout=0.0",
+                     "llm.lora_dropout=0.0", "coco.zero_init=false", f"coco.branch_penalty={value}")
+        t._build()
+        models[name] = t
+    free, pen = models["free"], models["penalised"]
+    path = tf.train.Checkpoint(model=free.model).save(str(tmp_path / "free_ckpt" / "ckpt"))
+    tf.train.Checkpoint(model=pen.model).restore(path).assert_existing_objects_matched()
+    history = _pad(free.split.test.histories, 8)
+    targets = np.zeros_like(history)
+    targets[:, :-1] = history[:, 1:]
+    targets[:, -1] = np.asarray(free.split.test.targets)
+    features = {"history": tf.constant(history, tf.int64), "targets": tf.constant(targets, tf.int64)}
+    loss_free, m_free = free.model.compute_loss_and_metrics(features, training=False)
+    loss_pen, m_pen = pen.model.compute_loss_and_metrics(features, training=False)
+    user = free.model(features, training=False).numpy()
+    h_rs = free.model.base_user(features["history"], training=False).numpy()
+    expected = float(np.mean(np.sum((user - h_rs) ** 2, axis=-1)))
+    assert expected > 1e-3  # a random-init branch moves the user vector
+    assert float(m_free["branch/sq_norm"]) == pytest.approx(expected, rel=1e-4)
+    assert float(loss_pen) - float(loss_free) == pytest.approx(lam * expected, rel=1e-4, abs=1e-5)
+    # With the zero-initialised branch the term starts at zero.
+    zero = _trainer(tmp_path, f"{method}_zero", f"coco.method={method}", "coco.branch_penalty=1.0")
+    zero._build()
+    _, m_zero = zero.model.compute_loss_and_metrics(features, training=False)
+    assert float(m_zero["branch/sq_norm"]) == 0.0

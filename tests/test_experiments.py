@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from coco_tf.config import ConfigError, load_config
-from coco_tf.experiments.analysis import branch_metrics, load_run
+from coco_tf.experiments.analysis import (branch_metrics, item_train_counts, load_run, metrics_by_target_popularity,
+                                          popularity_buckets)
 from coco_tf.experiments.grid import load_grid
 from coco_tf.experiments.report import markdown_table, mean_std, summarize
 from coco_tf.experiments.tsne import kl_divergence, tsne
@@ -82,6 +83,13 @@ def test_grid_trains_reports_skips_and_plots(tmp_path):
     for k in ("recall@10", "ndcg@10"):
         assert both["user_vector"][k] == pytest.approx(recorded[k], abs=1e-6)
         assert 0.0 <= both["h_rs_only"][k] <= 1.0
+    # Popularity buckets partition the test users; per-user means recombine to the whole.
+    buckets = metrics_by_target_popularity(load_run(str(run_dir)), "test", boundaries=(5, 20))
+    assert buckets["all"]["recall@10"] == pytest.approx(recorded["recall@10"], abs=1e-6)
+    parts = [v for k, v in buckets.items() if k != "all" and v["users"]]
+    assert sum(v["users"] for v in parts) == buckets["all"]["users"]
+    assert sum(v["users"] * v["recall@10"] for v in parts) / buckets["all"]["users"] == pytest.approx(
+        recorded["recall@10"], abs=1e-6)
     # A second call trains nothing: every run has its metrics.json.
     again = _cli("--grid", grid_path, "--out_dir", str(out))
     assert again.returncode == 0 and again.stdout.count("done, skipped") == 4, again.stdout
@@ -279,3 +287,16 @@ def test_shipped_grid_files_load(tmp_path, name):
     assert grid.runs() and set(grid.published) <= set(grid.backbones)
     for backbone, rows in grid.published.items():
         assert "base" in rows, f"{name}: published.{backbone} has no base row to compare against"
+
+
+def test_popularity_buckets_by_hand():
+    class _Split:
+        train = [np.array([1, 2, 2, 3]), np.array([2, 2, 2, 3])]
+
+    counts = item_train_counts(_Split, num_items=4)
+    np.testing.assert_array_equal(counts, [0, 1, 5, 2, 0])
+    buckets = dict(popularity_buckets(counts, np.array([4, 2, 1, 3, 2]), boundaries=(1, 4)))
+    assert list(buckets) == ["<= 1", "2-4", "> 4"]
+    np.testing.assert_array_equal(buckets["<= 1"], [0, 2])  # items 4 (0 interactions) and 1 (1)
+    np.testing.assert_array_equal(buckets["2-4"], [3])
+    np.testing.assert_array_equal(buckets["> 4"], [1, 4])

@@ -101,3 +101,44 @@ def branch_metrics(run: LoadedRun, split_name: str = "test") -> dict:
         out[name] = Evaluator(model, cfg.eval.ks, cfg.data.max_len, cfg.eval.batch_size,
                               cfg.eval.exclude_history).evaluate(eval_set)
     return out
+
+
+def item_train_counts(split, num_items: int) -> np.ndarray:
+    """int64 ``[num_items + 1]``: how often each item occurs in the training sequences."""
+    counts = np.zeros([num_items + 1], np.int64)
+    if split.train:
+        np.add.at(counts, np.concatenate([np.asarray(s, np.int64) for s in split.train]), 1)
+    return counts
+
+
+def popularity_buckets(counts: np.ndarray, targets: np.ndarray, boundaries=(5, 20)):
+    """``[(label, index array)]``: the eval users whose target item has ``≤ b0``, ``(b0, b1]``, …,
+    ``> b_last`` training interactions (``counts`` from :func:`item_train_counts`)."""
+    c = counts[np.asarray(targets, np.int64)]
+    edges = [-1, *boundaries, np.inf]
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        label = f"<= {hi}" if lo < 0 else (f"> {lo}" if np.isinf(hi) else f"{lo + 1}-{hi}")
+        out.append((label, np.nonzero((c > lo) & (c <= hi))[0]))
+    return out
+
+
+def metrics_by_target_popularity(run: LoadedRun, split_name: str = "test", boundaries=(5, 20)) -> dict:
+    """Full-ranking metrics of ``run`` on the ``split_name`` users bucketed by how often their target
+    item occurs in training: ``{label: {"users": n, metric: value}}`` (and ``"all"``). Where side
+    information should help most is the rare items, whose id embeddings train on few examples."""
+    from coco_tf.data.split import EvalSet
+    from coco_tf.metrics.evaluator import Evaluator
+
+    cfg = run.cfg
+    eval_set = getattr(run.split, split_name)
+    evaluator = Evaluator(run.model, cfg.eval.ks, cfg.data.max_len, cfg.eval.batch_size, cfg.eval.exclude_history)
+    counts = item_train_counts(run.split, run.dataset.num_items)
+    out = {"all": dict(users=len(eval_set.targets), **evaluator.evaluate(eval_set))}
+    for label, idx in popularity_buckets(counts, eval_set.targets, boundaries):
+        if not len(idx):
+            out[label] = {"users": 0}
+            continue
+        subset = EvalSet([eval_set.histories[i] for i in idx], eval_set.targets[idx], eval_set.users[idx])
+        out[label] = dict(users=len(idx), **evaluator.evaluate(subset))
+    return out

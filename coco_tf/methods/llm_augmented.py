@@ -16,6 +16,10 @@ item table, backbone and retrieval task; nothing duplicated) with
   "base + LLM branch" and the backbone keeps the full training signal. The
   paper's L_aux is InfoNCE on h_RS; ours covers the user-level position too.
 
+``branch_penalty`` (``coco.branch_penalty``, default 0: the paper has none) adds
+``λ·mean_u ||user_u − h_RS,u||²`` to the loss: the branch's contribution pays for itself in ``L_r``
+or shrinks back towards the backbone's ranking while it trains, not only through selection.
+
 ``rec_to_backbone=False`` (``coco.rec_to_backbone``) stops the user-level terms' gradient at
 ``h_RS``: the backbone then trains exactly as the base model does, and ``L_r`` (and the VQ
 terms) train the LLM branch alone — the branch adds to a backbone it cannot disturb.
@@ -63,9 +67,10 @@ class UserLevelRetrievalModel(SequentialRetrievalModel):
     """Base: backbone → h_RS → (subclass) → user vector, loss ``L_r + α·L_aux + extras``."""
 
     def __init__(self, num_items: int, item_text_table, alpha: float = 1.0, user_position: str = "last",
-                 rec_to_backbone: bool = True, **kwargs):
+                 rec_to_backbone: bool = True, branch_penalty: float = 0.0, **kwargs):
         super().__init__(num_items=num_items, item_text_table=item_text_table, **kwargs)
         self.rec_to_backbone = bool(rec_to_backbone)
+        self.branch_penalty = float(branch_penalty)
         if user_position not in ("last", "random"):
             raise ValueError(f"config key 'coco.user_position': must be one of last, random; got {user_position!r}")
         self.alpha = float(alpha)
@@ -143,6 +148,14 @@ class UserLevelRetrievalModel(SequentialRetrievalModel):
 
         total = l_r + self.alpha * l_aux
         out = {"loss/rec": l_r, "loss/aux": l_aux}
+        # What the branch adds to the backbone's vector: ||user - h_RS||^2 per user [B] (0 at a
+        # zero-initialised start). Reported always; with branch_penalty it is also a loss term, so a
+        # branch that does not lower L_r stays near zero while it trains (h_RS held fixed here).
+        added = tf.reduce_sum(tf.square(user - tf.stop_gradient(seen_rs)), axis=-1)
+        l_branch = tf.reduce_sum(added * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
+        out["branch/sq_norm"] = l_branch
+        if self.branch_penalty:
+            total = total + self.branch_penalty * l_branch
         for name, (weight, value) in extra_losses.items():
             total = total + weight * value
             out[f"loss/{name}"] = value
