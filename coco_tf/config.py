@@ -123,6 +123,11 @@ class LLMConfig:
         "catalog's item text, cached by content hash in the cache dir (0: off); python -m coco_tf.llm.pretrain "
         "needs it > 0",
     )
+    knowledge_tokens: int = _field(
+        16,
+        "knowledge probe: tokens the decoder writes greedily after each title and the template's separator "
+        "(category_agreement_generated; 0: that probe off)",
+    )
     pretrain_batch_size: int = _field(64, "decoder pretraining: item texts per step")
     pretrain_learning_rate: float = _field(
         1e-3, "decoder pretraining: Adam peak learning rate (cosine decay to 10%, gradient norm clipped at 1)"
@@ -526,6 +531,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'llm.item_text_template': {e}") from None
     if cfg.llm.pretrain_epochs < 0:
         raise ConfigError(f"config key 'llm.pretrain_epochs': must be >= 0, got {cfg.llm.pretrain_epochs}")
+    if cfg.llm.knowledge_tokens < 0:
+        raise ConfigError(f"config key 'llm.knowledge_tokens': must be >= 0, got {cfg.llm.knowledge_tokens}")
     if cfg.llm.pretrain_patience < 0:
         raise ConfigError(f"config key 'llm.pretrain_patience': must be >= 0, got {cfg.llm.pretrain_patience}")
     if not 0.0 <= cfg.llm.pretrain_dropout < 1.0:

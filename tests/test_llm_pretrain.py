@@ -83,7 +83,9 @@ def test_pretraining_lowers_heldout_perplexity_and_raises_category_agreement(tra
     before, after, tfidf = probes["before"], probes["after"], probes["tfidf"]
     assert after["heldout_perplexity"] < 0.5 * before["heldout_perplexity"], probes
     assert after["category_agreement"] > before["category_agreement"] + 0.1, probes
-    assert 0.0 <= tfidf["category_agreement"] <= 1.0
+    # What the decoder writes after "title |" is the category it learnt (a random one writes noise).
+    assert after["category_agreement_generated"] > before["category_agreement_generated"] + 0.1, probes
+    assert 0.0 <= tfidf["category_agreement"] <= 1.0 and 0.0 <= tfidf["category_agreement_heldout"] <= 1.0
     with open(os.path.join(out, pt.REPORT_FILE)) as f:
         assert json.load(f)["probes"]["after"] == pytest.approx(after)
     assert os.listdir(os.path.join(out, "tensorboard"))
@@ -245,3 +247,63 @@ def test_item_text_template_and_probe_helpers():
     assert probe.nearest_neighbour_agreement(v, np.array([0, 1, 0, 1])) == 0.0
     t = probe.tfidf_vectors(["red shoe", "red boot", "blue hat", "blue cap"])
     assert probe.nearest_neighbour_agreement(t, np.array([1, 1, 2, 2])) == 1.0
+
+
+def test_greedy_continuation_is_the_argmax_of_the_causal_lm():
+    """continue_texts: each written token is the argmax of the LM's logits (tied head) at the position
+    before it, recomputed here on the finished sequences; rows keep their own lengths; an empty text
+    writes nothing."""
+    import tensorflow as tf
+
+    from coco_tf.llm.causal_lm import CausalLM
+    from coco_tf.llm.knowledge import continue_texts, knowledge_vectors
+    from coco_tf.llm.qwen_decoder import QwenBackbone
+    from coco_tf.llm.tokenizer import build_tokenizer
+
+    tf.random.set_seed(3)
+    titles = ["red lipstick matte", "blue shampoo", "", "red nail polish gloss shine"]
+    tokenizer = build_tokenizer(titles=[t for t in titles if t] + ["| shop > lips"], vocabulary_size=64)
+    backbone = QwenBackbone.from_preset("tiny", vocabulary_size=64)
+    ids, mask, start = continue_texts(backbone, tokenizer, [t + " |" if t else "" for t in titles], num_tokens=5,
+                                      sequence_length=8, batch_size=3)  # two batches
+    assert ids.shape == (4, 13) and start[2] == 0 and mask[2].sum() == 0
+    written = mask.sum(1) - start
+    logits = CausalLM(backbone)({"token_ids": tf.constant(ids), "padding_mask": tf.constant(mask)}).numpy()
+    for r in (0, 1, 3):
+        assert 0 <= written[r] <= 5
+        for pos in range(start[r], start[r] + written[r]):
+            assert ids[r, pos] == np.argmax(logits[r, pos - 1]) != tokenizer.end_id, (r, pos)
+        if written[r] < 5:  # it stopped because the decoder wrote the end of the text
+            assert np.argmax(logits[r, start[r] + written[r] - 1]) == tokenizer.end_id, r
+    vectors = knowledge_vectors(backbone, tokenizer, titles, " |", 5, 8, 3)
+    assert vectors.shape == (4, backbone.hidden_dim) and not vectors[2].any() and vectors[0].any()
+
+
+def test_pretraining_texts_end_with_the_end_token_and_the_vocabulary_keeps_its_ids():
+    from coco_tf.llm.tokenizer import END_TOKEN, build_tokenizer
+
+    tok = build_tokenizer(titles=["red shoe", "blue shoe", "red hat"], vocabulary_size=64)
+    assert tok.vocabulary[-1] == END_TOKEN and tok.end_id == len(tok.vocabulary) - 1
+    texts = ["red", "", "blue hat red shoe"]
+    plain, plain_mask = tok.encode(texts, 16)
+    ids, mask = tok.encode_with_end(texts, 6)
+    n = int(plain_mask[0].sum())
+    assert n < 5 and plain_mask[2].sum() > 5
+    np.testing.assert_array_equal(ids[0, :n + 1], [*plain[0, :n], tok.end_id])
+    assert mask[0].sum() == n + 1 and mask[1].sum() == 0
+    np.testing.assert_array_equal(ids[2], [*plain[2, :5], tok.end_id])  # truncated to 5, then the end
+    # A vocabulary written before [END] existed loads without one: the plain encoding.
+    from coco_tf.llm.tokenizer import WordPieceTitleTokenizer
+
+    old = WordPieceTitleTokenizer(tok.vocabulary[:-1])
+    assert old.end_id is None
+    np.testing.assert_array_equal(old.encode_with_end(["red shoe"], 4)[0], old.encode(["red shoe"], 4)[0])
+
+
+def test_knowledge_prompt_is_the_template_text_before_the_next_field():
+    from coco_tf.llm.knowledge import knowledge_prompt
+
+    assert knowledge_prompt("{title} | {categories}") == " |"
+    assert knowledge_prompt("{title} by {brand} in {categories}") == " by"
+    assert knowledge_prompt("{title}") == ""
+    assert knowledge_prompt("{categories}: {title}. ") == "."

@@ -237,7 +237,7 @@ def pretrain(cfg, catalog, out_dir: str, verbose: int = 1) -> PretrainResult:
         _copy_tokenizer(cfg, tokenizer, out_dir)
     lm = CausalLM(backbone)
 
-    train_ids, train_mask = tokenizer.encode([texts[i] for i in split.train_ids], SEQUENCE_LENGTH)
+    train_ids, train_mask = tokenizer.encode_with_end([texts[i] for i in split.train_ids], SEQUENCE_LENGTH)
     held_texts = [texts[i] for i in split.heldout_ids]
     too_big = int(train_ids[train_mask.astype(bool)].max(initial=0))
     if too_big >= backbone.vocabulary_size:
@@ -364,7 +364,7 @@ def pretrain(cfg, catalog, out_dir: str, verbose: int = 1) -> PretrainResult:
               "num_heldout_texts": int(len(split.heldout_ids))}
     backbone.save_pretrained(out_dir, source=source)
     after = probe.run_probes(cfg, catalog, backbone, tokenizer, lm)
-    tfidf = {"category_agreement": probe.tfidf_category_agreement(catalog)}
+    tfidf = probe.tfidf_probes(catalog, cfg.llm.item_text_template)
     previous = {}
     report_path = os.path.join(out_dir, REPORT_FILE)
     if os.path.isfile(report_path):

@@ -9,6 +9,12 @@
   TITLE ONLY (``{title}``, whatever the template): a template with
   ``{categories}`` would put the answer into the text. The same number for a
   bag-of-words TF-IDF of the titles (numpy) is the reference;
+* ``category_agreement_generated``: the same over vectors of what the decoder *writes*: each
+  title followed by the template's separator (``" |"`` before ``{categories}``) is continued
+  greedily for ``llm.knowledge_tokens`` tokens and mean-pooled over the title and the
+  continuation (``coco_tf.llm.knowledge``); a pretrained decoder writes the category it learnt;
+* ``..._heldout``: the agreements among the 5% of items held out of pretraining only (their
+  texts were never trained on, so this part is generalisation, not memory); TF-IDF has both too;
 * ``prompt_spread``: mean pairwise cosine of the K codebook-init prompt
   encodings (``coco.codebook_size`` texts of
   ``coco_tf.llm.prompts.prompt_texts``); lower = more distinct.
@@ -42,10 +48,11 @@ BATCH_SIZE = 256
 
 
 def perplexity(lm, tokenizer, texts, sequence_length: int = SEQUENCE_LENGTH, batch_size: int = BATCH_SIZE) -> float:
-    """Next-token perplexity of ``lm`` (a ``CausalLM``) over ``texts`` (list of str)."""
+    """Next-token perplexity of ``lm`` (a ``CausalLM``) over ``texts`` (list of str), the
+    end-of-text token included as pretraining reads them (``TitleTokenizer.encode_with_end``)."""
     total, count = 0.0, 0.0
     for start in range(0, len(texts), batch_size):
-        ids, mask = tokenizer.encode(texts[start:start + batch_size], sequence_length)
+        ids, mask = tokenizer.encode_with_end(texts[start:start + batch_size], sequence_length)
         nll, n = lm.token_nll(tf.constant(ids), tf.constant(mask))
         total += float(nll)
         count += float(n)
@@ -114,16 +121,23 @@ def tfidf_category_agreement(catalog) -> float:
     return nearest_neighbour_agreement(tfidf_vectors([titles[i] for i in ids]), labels)
 
 
-def decoder_category_agreement(catalog, backbone, tokenizer) -> float:
-    """Category agreement of ``backbone``'s title-only item text table."""
-    from coco_tf.llm.item_text_table import build_item_text_table
+def heldout_probe_rows(catalog, template: str) -> np.ndarray:
+    """bool ``[len(probe ids)]``: the probe items among the pretraining held-out 5%."""
+    ids, _, _ = probe_items(catalog)
+    return np.isin(ids, split_corpus(item_texts(catalog, template)).heldout_ids)
 
+
+def _agreements(vectors, labels, heldout) -> Dict[str, float]:
+    out = {"all": nearest_neighbour_agreement(vectors, labels)}
+    out["heldout"] = nearest_neighbour_agreement(vectors[heldout], labels[heldout]) if heldout.sum() >= 2 else float("nan")
+    return out
+
+
+def tfidf_probes(catalog, template: str) -> Dict[str, float]:
+    """The TF-IDF reference's category agreement, on all probe items and among the held-out ones."""
     ids, labels, titles = probe_items(catalog)
-    if len(ids) < 2:
-        return float("nan")
-    table = build_item_text_table(titles, backbone, tokenizer, cache_dir=None, sequence_length=SEQUENCE_LENGTH,
-                                  batch_size=BATCH_SIZE, verbose=0)
-    return nearest_neighbour_agreement(table[ids], labels)
+    a = _agreements(tfidf_vectors([titles[i] for i in ids]), labels, heldout_probe_rows(catalog, template))
+    return {"category_agreement": a["all"], "category_agreement_heldout": a["heldout"]}
 
 
 def prompt_spread(backbone, tokenizer, k: int) -> float:
@@ -144,13 +158,29 @@ def run_probes(cfg, catalog, backbone, tokenizer, lm=None) -> Dict[str, Optional
 
     if lm is None and backbone.tie_word_embeddings:
         lm = CausalLM(backbone)
+    from coco_tf.llm.item_text_table import build_item_text_table
+    from coco_tf.llm.knowledge import knowledge_prompt, knowledge_vectors
+
     texts = item_texts(catalog, cfg.llm.item_text_template)
     heldout = [texts[i] for i in split_corpus(texts).heldout_ids]
-    return {
-        "heldout_perplexity": perplexity(lm, tokenizer, heldout) if lm is not None and heldout else None,
-        "category_agreement": decoder_category_agreement(catalog, backbone, tokenizer),
-        "prompt_spread": prompt_spread(backbone, tokenizer, cfg.coco.codebook_size),
-    }
+    out = {"heldout_perplexity": perplexity(lm, tokenizer, heldout) if lm is not None and heldout else None}
+    ids, labels, titles = probe_items(catalog)
+    rows = heldout_probe_rows(catalog, cfg.llm.item_text_template)
+    if len(ids) >= 2:
+        table = build_item_text_table(titles, backbone, tokenizer, cache_dir=None, sequence_length=SEQUENCE_LENGTH,
+                                      batch_size=BATCH_SIZE, verbose=0)
+        a = _agreements(table[ids], labels, rows)
+        out.update(category_agreement=a["all"], category_agreement_heldout=a["heldout"])
+        if cfg.llm.knowledge_tokens > 0 and backbone.tie_word_embeddings:
+            vectors = knowledge_vectors(backbone, tokenizer, [titles[i] for i in ids],
+                                        knowledge_prompt(cfg.llm.item_text_template), cfg.llm.knowledge_tokens,
+                                        SEQUENCE_LENGTH, BATCH_SIZE)
+            a = _agreements(vectors, labels, rows)
+            out.update(category_agreement_generated=a["all"], category_agreement_generated_heldout=a["heldout"])
+    else:
+        out["category_agreement"] = float("nan")
+    out["prompt_spread"] = prompt_spread(backbone, tokenizer, cfg.coco.codebook_size)
+    return out
 
 
 def format_table(rows: Dict[str, Dict]) -> str:
@@ -158,11 +188,13 @@ def format_table(rows: Dict[str, Dict]) -> str:
     def cell(v, digits):
         return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
-    lines = [f"{'decoder':<22}{'held-out ppl':>14}{'cat. agreement':>16}{'prompt spread':>15}"]
+    lines = [f"{'decoder':<22}{'held-out ppl':>14}{'cat. agreement':>16}{'(held-out items)':>18}"
+             f"{'generated':>11}{'(held-out items)':>18}{'prompt spread':>15}"]
     for name, r in rows.items():
         lines.append(
             f"{name:<22}{cell(r.get('heldout_perplexity'), 2):>14}{cell(r.get('category_agreement'), 4):>16}"
-            f"{cell(r.get('prompt_spread'), 4):>15}"
+            f"{cell(r.get('category_agreement_heldout'), 4):>18}{cell(r.get('category_agreement_generated'), 4):>11}"
+            f"{cell(r.get('category_agreement_generated_heldout'), 4):>18}{cell(r.get('prompt_spread'), 4):>15}"
         )
     return "\n".join(lines)
 
@@ -193,7 +225,7 @@ def main(argv=None) -> int:
         backbone, tokenizer = load_decoder(cfg, texts)
         name = cfg.llm.checkpoint or f"{cfg.llm.preset} (random)"
         rows = {name: run_probes(cfg, catalog, backbone, tokenizer),
-                "TF-IDF (titles)": {"category_agreement": tfidf_category_agreement(catalog)}}
+                "TF-IDF (titles)": tfidf_probes(catalog, cfg.llm.item_text_template)}
     except (ConfigError, ValueError, OSError) as e:
         print(f"probe: error: {e}", file=sys.stderr)
         return 2

@@ -35,6 +35,7 @@ import tensorflow as tf
 
 PAD_TOKEN = "[PAD]"
 UNK_TOKEN = "[UNK]"
+END_TOKEN = "[END]"  # word-piece: appended to a learned vocabulary; pretraining ends every text with it
 QWEN_PAD_TOKEN = "<|endoftext|>"
 WORD_PIECE_FILE = "word_piece_vocabulary.txt"  # under <checkpoint>/tokenizer/
 WORD_PIECE_VOCABULARY_SIZE = 4096
@@ -69,9 +70,10 @@ class TitleTokenizer:
 
     kind = None
 
-    def __init__(self, tokenizer, pad_id):
+    def __init__(self, tokenizer, pad_id, end_id=None):
         self.tokenizer = tokenizer
         self.pad_id = int(pad_id)
+        self.end_id = None if end_id is None else int(end_id)
 
     @property
     def vocabulary_size(self):
@@ -94,6 +96,22 @@ class TitleTokenizer:
         ids = ragged.to_tensor(default_value=self.pad_id, shape=[None, sequence_length])
         mask = tf.ones_like(ragged, dtype=tf.int32).to_tensor(shape=[None, sequence_length])
         return ids.numpy().astype(np.int32), mask.numpy().astype(np.int32)
+
+    def encode_with_end(self, texts, sequence_length):
+        """As :meth:`encode`, with the end-of-text token (``end_id``) after each non-empty text
+        (texts truncated to ``sequence_length - 1`` tokens first): what pretraining reads, so that
+        the decoder learns where an item's text ends. Without an ``end_id`` (a vocabulary written
+        before it existed) the same as :meth:`encode`."""
+        if self.end_id is None:
+            return self.encode(texts, sequence_length)
+        ids, mask = self.encode(texts, sequence_length - 1)
+        length = mask.sum(1)
+        ids = np.concatenate([ids, np.full([len(ids), 1], self.pad_id, np.int32)], axis=1)
+        mask = np.concatenate([mask, np.zeros([len(mask), 1], np.int32)], axis=1)
+        rows = np.nonzero(length > 0)[0]
+        ids[rows, length[rows]] = self.end_id
+        mask[rows, length[rows]] = 1
+        return ids, mask
 
     def decode(self, token_ids, padding_mask=None):
         """Ids ``[n, seq]`` → list of strings (padded slots dropped)."""
@@ -139,6 +157,7 @@ class WordPieceTitleTokenizer(TitleTokenizer):
                 f"A word-piece vocabulary must start with {PAD_TOKEN!r} and contain {UNK_TOKEN!r}."
             )
         self.vocabulary = vocabulary
+        end_id = vocabulary.index(END_TOKEN) if END_TOKEN in vocabulary else None
         layer = _keras_hub().tokenizers.WordPieceTokenizer(
             vocabulary=vocabulary,
             lowercase=True,
@@ -149,27 +168,28 @@ class WordPieceTitleTokenizer(TitleTokenizer):
             dtype="int32",
             **_TF_PATH,
         )
-        super().__init__(layer, pad_id=0)
+        super().__init__(layer, pad_id=0, end_id=end_id)
 
     @classmethod
     def from_titles(cls, titles, vocabulary_size=4096):
-        """Learn a vocabulary of at most ``vocabulary_size`` tokens from ``titles``."""
+        """Learn a vocabulary of at most ``vocabulary_size`` tokens from ``titles`` (the last one
+        ``[END]``, appended so that the learned tokens keep the ids they had before it existed)."""
         titles = [str(t) for t in titles if t is not None and str(t).strip()]
         if not titles:
             raise ValueError("Cannot learn a word-piece vocabulary: no non-empty titles given.")
-        if vocabulary_size < 3:
-            raise ValueError(f"vocabulary_size must be at least 3, got {vocabulary_size}.")
+        if vocabulary_size < 4:
+            raise ValueError(f"vocabulary_size must be at least 4, got {vocabulary_size}.")
         data = tf.data.Dataset.from_tensor_slices(titles).batch(1024)
         vocabulary = _keras_hub().tokenizers.compute_word_piece_vocabulary(
             data,
-            vocabulary_size=vocabulary_size,
+            vocabulary_size=vocabulary_size - 1,
             lowercase=True,
             strip_accents=True,
             split=True,
             split_on_cjk=True,
             reserved_tokens=[PAD_TOKEN, UNK_TOKEN],
         )
-        return cls(vocabulary)
+        return cls(list(vocabulary) + [END_TOKEN])
 
     @classmethod
     def from_file(cls, path):
@@ -230,7 +250,8 @@ class QwenTitleTokenizer(TitleTokenizer):
         layer = _keras_hub().tokenizers.Qwen3Tokenizer(
             vocabulary=self.vocabulary, merges=self.merges, dtype="int32", **_TF_PATH, **kwargs
         )
-        super().__init__(layer, pad_id=self.vocabulary[QWEN_PAD_TOKEN])
+        # <|endoftext|> pads (masked) and ends a text (unmasked, pretraining's last target).
+        super().__init__(layer, pad_id=self.vocabulary[QWEN_PAD_TOKEN], end_id=self.vocabulary[QWEN_PAD_TOKEN])
 
     @classmethod
     def from_tokenizer_json(cls, path):
