@@ -11,8 +11,9 @@
   bag-of-words TF-IDF of the titles (numpy) is the reference;
 * ``category_agreement_generated``: the same over vectors of what the decoder *writes*: each
   title followed by the template's separator (``" |"`` before ``{categories}``) is continued
-  greedily for ``llm.knowledge_tokens`` tokens and mean-pooled over the title and the
-  continuation (``coco_tf.llm.knowledge``); a pretrained decoder writes the category it learnt;
+  greedily for at most ``llm.knowledge_tokens`` tokens (it stops at the end-of-text token) and
+  mean-pooled over what it wrote (``coco_tf.llm.knowledge``); a pretrained decoder writes the
+  category path it learnt, a random one writes noise;
 * ``..._heldout``: the agreements among the 5% of items held out of pretraining only (their
   texts were never trained on, so this part is generalisation, not memory); TF-IDF has both too;
 * ``prompt_spread``: mean pairwise cosine of the K codebook-init prompt
