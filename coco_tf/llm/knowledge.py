@@ -71,21 +71,25 @@ def continue_texts(backbone, tokenizer, texts, num_tokens: int, sequence_length:
     mask = np.concatenate([mask, np.zeros([len(mask), num_tokens], np.int32)], axis=1)
     start = mask.sum(1).astype(np.int64)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, width], tf.int32)] * 2 + [tf.TensorSpec([None], tf.int32)],
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32)] * 2 + [tf.TensorSpec([None], tf.int32)],
                  reduce_retracing=True)
     def next_token(token_ids, padding_mask, last):
         hidden = backbone({"token_ids": token_ids, "padding_mask": padding_mask}, training=False)
         return tf.argmax(_lm_logits(backbone, tf.gather(hidden, last, batch_dims=1)), -1, output_type=tf.int32)
 
+    # No KV cache: each step reruns the batch, cut to its longest row so far (rows sorted by length,
+    # so a batch holds texts of similar length). Causal attention makes the cut exact.
+    order = np.argsort(start, kind="stable")
     for lo in range(0, len(ids), batch_size):
-        rows = np.arange(lo, min(lo + batch_size, len(ids)))
+        rows = order[lo:lo + batch_size]
         length = start[rows].copy()
         writing = length > 0  # an empty text has nothing to continue
         for _ in range(num_tokens):
             if not writing.any():
                 break
-            nxt = next_token(tf.constant(ids[rows]), tf.constant(mask[rows]), tf.constant(np.maximum(length - 1, 0),
-                                                                                        tf.int32)).numpy()
+            cut = int(length.max())
+            nxt = next_token(tf.constant(ids[rows, :cut]), tf.constant(mask[rows, :cut]),
+                             tf.constant(np.maximum(length - 1, 0), tf.int32)).numpy()
             if tokenizer.end_id is not None:  # the decoder ends its text: stop that row, the end unwritten
                 writing &= nxt != tokenizer.end_id
             ids[rows[writing], length[writing]] = nxt[writing]
