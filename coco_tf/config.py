@@ -123,10 +123,18 @@ class LLMConfig:
         "catalog's item text, cached by content hash in the cache dir (0: off); python -m coco_tf.llm.pretrain "
         "needs it > 0",
     )
+    item_text_source: str = _field(
+        "read",
+        "what the item text table holds per item: read = the decoder's mean hidden state over the item text "
+        "(llm.item_text_template); written = over what the decoder writes after the item's title and the "
+        "template's separator (at most llm.knowledge_tokens tokens; coco_tf/llm/knowledge.py): what it knows "
+        "about the item beyond its title",
+        choices=("read", "written"),
+    )
     knowledge_tokens: int = _field(
         16,
-        "knowledge probe: tokens the decoder writes greedily after each title and the template's separator "
-        "(category_agreement_generated; 0: that probe off)",
+        "tokens the decoder writes greedily after each title and the template's separator, for "
+        "llm.item_text_source=written and the generated category-agreement probe (0: that probe off)",
     )
     pretrain_batch_size: int = _field(64, "decoder pretraining: item texts per step")
     pretrain_learning_rate: float = _field(
@@ -537,6 +545,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'llm.pretrain_epochs': must be >= 0, got {cfg.llm.pretrain_epochs}")
     if cfg.llm.knowledge_tokens < 0:
         raise ConfigError(f"config key 'llm.knowledge_tokens': must be >= 0, got {cfg.llm.knowledge_tokens}")
+    if cfg.llm.item_text_source == "written" and cfg.llm.knowledge_tokens == 0:
+        raise ConfigError("config key 'llm.knowledge_tokens': must be > 0 with llm.item_text_source=written "
+                          "(the decoder writes that many tokens per item)")
     if cfg.llm.pretrain_patience < 0:
         raise ConfigError(f"config key 'llm.pretrain_patience': must be >= 0, got {cfg.llm.pretrain_patience}")
     if not 0.0 <= cfg.llm.pretrain_dropout < 1.0:

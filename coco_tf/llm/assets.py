@@ -33,7 +33,8 @@ import numpy as np
 from absl import logging
 
 from coco_tf.llm.item_text_table import build_item_text_table, encode_texts  # noqa: F401 (export reads it here)
-from coco_tf.llm.item_text import item_texts
+from coco_tf.llm.item_text import TITLE_TEMPLATE, item_texts
+from coco_tf.llm.knowledge import knowledge_prompt
 from coco_tf.llm.prompts import KAR_PROMPT_TEXTS, SHARED_PROMPT_TEXTS, prompt_texts
 from coco_tf.llm.tokenizer import catalog_tokenizer
 from coco_tf.llm.qwen_decoder import QwenBackbone, decoder_config
@@ -76,7 +77,12 @@ def build_llm_assets(cfg, catalog, cache_dir: Optional[str] = None) -> LLMAssets
     base = QwenBackbone.from_preset(source, lora_rank=0, name="base_llm")
     base.trainable = False
     tokenizer = catalog_tokenizer(texts, checkpoint or None, base.vocabulary_size)
-    table = build_item_text_table(texts, base, tokenizer, cache_dir=cache_dir or None, verbose=0)
+    if cfg.llm.item_text_source == "written":  # what the decoder writes after each title (llm/knowledge.py)
+        table = build_item_text_table(item_texts(catalog, TITLE_TEMPLATE), base, tokenizer, cache_dir=cache_dir or None,
+                                      verbose=0, knowledge_tokens=cfg.llm.knowledge_tokens,
+                                      knowledge_prompt=knowledge_prompt(cfg.llm.item_text_template))
+    else:
+        table = build_item_text_table(texts, base, tokenizer, cache_dir=cache_dir or None, verbose=0)
     k, s = cfg.coco.codebook_size, cfg.coco.num_shared_prompts
     codebook = encode_texts(prompt_texts(k), base, tokenizer) if cfg.coco.codebook_init == "llm" else None
     shared = encode_texts(prompt_texts(s, SHARED_PROMPT_TEXTS), base, tokenizer)

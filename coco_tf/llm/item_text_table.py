@@ -140,6 +140,8 @@ def build_item_text_table(
     sequence_length=32,
     batch_size=64,
     verbose=1,
+    knowledge_tokens=0,
+    knowledge_prompt="",
 ):
     """The ``[num_items + 1, hidden]`` float32 item text table (cached when ``cache_dir``).
 
@@ -153,6 +155,11 @@ def build_item_text_table(
         sequence_length: tokens kept per title (longer titles are truncated).
         batch_size: titles per decoder call.
         verbose: 1 shows a progress bar, 0 is silent.
+        knowledge_tokens: > 0: each row is instead what the decoder *writes* after
+            ``titles[i] + knowledge_prompt`` (at most this many tokens, greedy, stopping at the
+            end-of-text token), mean-pooled over the written tokens
+            (``coco_tf.llm.knowledge.knowledge_vectors``; ``llm.item_text_source=written``).
+        knowledge_prompt: the text appended before the decoder writes (``" |"``).
 
     Returns:
         float32 numpy array ``[len(titles), backbone.hidden_dim]``, row 0 zeros.
@@ -164,8 +171,9 @@ def build_item_text_table(
         )
     key = None
     if cache_dir:
+        pooling = f"written:{knowledge_tokens}:{knowledge_prompt!r}" if knowledge_tokens > 0 else "mean"
         key = cache_key(
-            titles, weights_fingerprint(backbone), tokenizer.fingerprint(), sequence_length
+            titles, weights_fingerprint(backbone), tokenizer.fingerprint(), sequence_length, pooling
         )
         npy_path, json_path = _paths(cache_dir, key)
         if os.path.isfile(npy_path) and os.path.isfile(json_path):
@@ -178,7 +186,14 @@ def build_item_text_table(
             logging.warning("Item text table: ignoring inconsistent cache file %s", npy_path)
 
     started = time.time()
-    table = _encode_titles(titles, backbone, tokenizer, sequence_length, batch_size, verbose)
+    if knowledge_tokens > 0:
+        from coco_tf.llm.knowledge import knowledge_vectors
+
+        table = np.zeros((len(titles), backbone.hidden_dim), np.float32)
+        table[1:] = knowledge_vectors(backbone, tokenizer, titles[1:], knowledge_prompt, knowledge_tokens,
+                                      sequence_length, max(batch_size, 256))
+    else:
+        table = _encode_titles(titles, backbone, tokenizer, sequence_length, batch_size, verbose)
     table[0] = 0.0
     seconds = time.time() - started
     logging.info("Item text table: encoded %d titles in %.1f s", len(titles) - 1, seconds)
@@ -198,7 +213,7 @@ def build_item_text_table(
                     "shape": list(table.shape),
                     "dtype": "float32",
                     "sequence_length": sequence_length,
-                    "pooling": "masked_mean",
+                    "pooling": "masked_mean" if knowledge_tokens <= 0 else f"written ({knowledge_tokens} tokens)",
                     "tokenizer": tokenizer.kind,
                     "num_items": len(titles) - 1,
                     "seconds": round(seconds, 3),

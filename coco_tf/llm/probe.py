@@ -9,7 +9,8 @@
   TITLE ONLY (``{title}``, whatever the template): a template with
   ``{categories}`` would put the answer into the text. The same number for a
   bag-of-words TF-IDF of the titles (numpy) is the reference;
-* ``category_agreement_generated``: the same over vectors of what the decoder *writes*: each
+* ``category_agreement_generated``: the same over the item text table of
+  ``llm.item_text_source=written``, i.e. vectors of what the decoder *writes*: each
   title followed by the template's separator (``" |"`` before ``{categories}``) is continued
   greedily for at most ``llm.knowledge_tokens`` tokens (it stops at the end-of-text token) and
   mean-pooled over what it wrote (``coco_tf.llm.knowledge``); a pretrained decoder writes the
@@ -160,7 +161,7 @@ def run_probes(cfg, catalog, backbone, tokenizer, lm=None) -> Dict[str, Optional
     if lm is None and backbone.tie_word_embeddings:
         lm = CausalLM(backbone)
     from coco_tf.llm.item_text_table import build_item_text_table
-    from coco_tf.llm.knowledge import knowledge_prompt, knowledge_vectors
+    from coco_tf.llm.knowledge import knowledge_prompt
 
     texts = item_texts(catalog, cfg.llm.item_text_template)
     heldout = [texts[i] for i in split_corpus(texts).heldout_ids]
@@ -173,10 +174,11 @@ def run_probes(cfg, catalog, backbone, tokenizer, lm=None) -> Dict[str, Optional
         a = _agreements(table[ids], labels, rows)
         out.update(category_agreement=a["all"], category_agreement_heldout=a["heldout"])
         if cfg.llm.knowledge_tokens > 0 and backbone.tie_word_embeddings:
-            vectors = knowledge_vectors(backbone, tokenizer, [titles[i] for i in ids],
-                                        knowledge_prompt(cfg.llm.item_text_template), cfg.llm.knowledge_tokens,
-                                        SEQUENCE_LENGTH, BATCH_SIZE)
-            a = _agreements(vectors, labels, rows)
+            # The item text table of llm.item_text_source=written: what the decoder writes per title.
+            written = build_item_text_table(titles, backbone, tokenizer, cache_dir=None, sequence_length=SEQUENCE_LENGTH,
+                                            batch_size=BATCH_SIZE, verbose=0, knowledge_tokens=cfg.llm.knowledge_tokens,
+                                            knowledge_prompt=knowledge_prompt(cfg.llm.item_text_template))
+            a = _agreements(written[ids], labels, rows)
             out.update(category_agreement_generated=a["all"], category_agreement_generated_heldout=a["heldout"])
     else:
         out["category_agreement"] = float("nan")
