@@ -105,6 +105,23 @@ def test_base_stage_limit_and_off_for_base():
 
 
 @pytest.mark.slow  # two training runs
+def test_init_from_a_coco_run_keeps_this_runs_frozen_text_table(tmp_path):
+    """A warm start from a kar/coco run takes its trained variables but not its frozen item text
+    table: the shuffled control (or another llm.item_text_source) must stay in effect."""
+    source = _trainer(tmp_path, "source", "coco.method=coco", "coco.base_epochs=0", epochs=1)
+    source.run()
+    run = _trainer(tmp_path, "shuffled", "coco.method=coco", f"coco.init_from={tmp_path / 'source'}",
+                   "llm.text_table_shuffle=true", epochs=1)
+    run._build()
+    own = run.model.item_text.embeddings.numpy().copy()
+    run._start_run()
+    np.testing.assert_array_equal(run.model.item_text.embeddings.numpy(), own)
+    assert np.abs(own - source.model.item_text.embeddings.numpy()).max() > 0  # the shuffle differs
+    for mine, theirs in zip(run.model.backbone.trainable_variables, source.model.backbone.trainable_variables):
+        np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+
+
+@pytest.mark.slow  # two training runs
 def test_init_from_restores_the_base_run_and_checks_its_shape(tmp_path):
     base = _trainer(tmp_path, "base", "coco.method=base", epochs=2)
     base_result = base.run()

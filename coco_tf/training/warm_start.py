@@ -20,8 +20,9 @@ WARM_START_KEYS = ("data.max_len", "model.backbone", "model.embedding_dim", "mod
 
 
 def warm_start(model, cfg: Config) -> str:
-    """Restores ``coco.init_from``'s best checkpoint (else its latest) into ``model``: every variable
-    the two models share by name (the backbone, the item table, ``model.item_text``'s projection).
+    """Restores ``coco.init_from``'s best checkpoint (else its latest) into ``model``: every trainable
+    variable the two models share by name (the backbone, the item table, ``model.item_text``'s
+    projection); the non-trainable ones (frozen LLM assets) keep this run's values.
     Returns the checkpoint path; raises ConfigError naming the mismatch when the runs disagree."""
     run_dir = cfg.coco.init_from
     theirs_path = os.path.join(run_dir, "config.yaml")
@@ -48,5 +49,12 @@ def warm_start(model, cfg: Config) -> str:
     if table_key in shapes and list(shapes[table_key]) != want:
         raise ConfigError(f"config key 'coco.init_from': {path} has an item table of {shapes[table_key][0] - 1} "
                           f"items, this catalog has {model.num_items}")
+    # Only what trains comes from the other run. The frozen parts (the item text table, the frozen
+    # decoder, KAR's prompt vectors, the seen-item mask, dropout generators) are this run's own:
+    # they follow this run's llm.* settings (llm.text_table_shuffle, llm.item_text_source, the
+    # decoder), which a kar/coco source run may not share.
+    frozen = [(v, v.numpy()) for v in model.non_trainable_variables]
     tf.train.Checkpoint(model=model).restore(path).expect_partial()
+    for variable, value in frozen:
+        variable.assign(value)
     return path
