@@ -43,13 +43,13 @@ def knowledge_prompt(template: str) -> str:
 
 
 def _lm_logits(backbone, hidden):
-    """Tied (or separate, for presets that untie it) LM head on ``hidden [B, d]`` → ``[B, V]``."""
+    """The tied LM head on ``hidden [B, d]`` → ``[B, V]`` (the token embeddings, transposed)."""
     embeddings = tf.cast(backbone.token_embedding.embeddings, tf.float32)
     return tf.matmul(tf.cast(hidden, tf.float32), embeddings, transpose_b=True)
 
 
 def continue_texts(backbone, tokenizer, texts, num_tokens: int, sequence_length: int = 32, batch_size: int = 256):
-    """Greedy continuation of each text by ``num_tokens`` tokens.
+    """Greedy continuation of each text by at most ``num_tokens`` tokens.
 
     Args:
         backbone: a ``QwenBackbone`` with a tied LM head (``tie_word_embeddings``).
@@ -66,7 +66,6 @@ def continue_texts(backbone, tokenizer, texts, num_tokens: int, sequence_length:
     if not backbone.tie_word_embeddings:
         raise ValueError("knowledge generation needs the tied LM head (tie_word_embeddings); this decoder unties it")
     ids, mask = tokenizer.encode(list(texts), sequence_length)
-    width = sequence_length + num_tokens
     ids = np.concatenate([ids, np.full([len(ids), num_tokens], tokenizer.pad_id, np.int32)], axis=1)
     mask = np.concatenate([mask, np.zeros([len(mask), num_tokens], np.int32)], axis=1)
     start = mask.sum(1).astype(np.int64)
