@@ -108,10 +108,10 @@ def test_base_stage_limit_and_off_for_base():
 def test_init_from_a_coco_run_keeps_this_runs_frozen_text_table(tmp_path):
     """A warm start from a kar/coco run takes its trained variables but not its frozen item text
     table: the shuffled control (or another llm.item_text_source) must stay in effect."""
-    source = _trainer(tmp_path, "source", "coco.method=coco", "coco.base_epochs=0", epochs=1)
+    source = _trainer(tmp_path, "source", "coco.method=coco", "coco.base_epochs=0", "model.item_text=true", epochs=1)
     source.run()
     run = _trainer(tmp_path, "shuffled", "coco.method=coco", f"coco.init_from={tmp_path / 'source'}",
-                   "llm.text_table_shuffle=true", epochs=1)
+                   "llm.text_table_shuffle=true", "model.item_text=true", epochs=1)
     run._build()
     own = run.model.item_text.embeddings.numpy().copy()
     run._start_run()
@@ -119,6 +119,10 @@ def test_init_from_a_coco_run_keeps_this_runs_frozen_text_table(tmp_path):
     assert np.abs(own - source.model.item_text.embeddings.numpy()).max() > 0  # the shuffle differs
     for mine, theirs in zip(run.model.backbone.trainable_variables, source.model.backbone.trainable_variables):
         np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+    # model.item_text's projection comes along (it trained away from its zero start).
+    theirs = source.model.text_projection.kernel.numpy()
+    assert np.abs(theirs).max() > 0
+    np.testing.assert_array_equal(run.model.text_projection.kernel.numpy(), theirs)
 
 
 @pytest.mark.slow  # two training runs

@@ -20,9 +20,9 @@ WARM_START_KEYS = ("data.max_len", "model.backbone", "model.embedding_dim", "mod
 
 
 def warm_start(model, cfg: Config) -> str:
-    """Restores ``coco.init_from``'s best checkpoint (else its latest) into ``model``: every trainable
-    variable the two models share by name (the backbone, the item table, ``model.item_text``'s
-    projection); the non-trainable ones (frozen LLM assets) keep this run's values.
+    """Restores ``coco.init_from``'s best checkpoint (else its latest) into ``model``: the backbone,
+    the item table and ``model.item_text``'s projection; everything else (the LLM branch and the
+    frozen LLM assets) keeps this run's values.
     Returns the checkpoint path; raises ConfigError naming the mismatch when the runs disagree."""
     run_dir = cfg.coco.init_from
     theirs_path = os.path.join(run_dir, "config.yaml")
@@ -49,12 +49,13 @@ def warm_start(model, cfg: Config) -> str:
     if table_key in shapes and list(shapes[table_key]) != want:
         raise ConfigError(f"config key 'coco.init_from': {path} has an item table of {shapes[table_key][0] - 1} "
                           f"items, this catalog has {model.num_items}")
-    # Only what trains comes from the other run. The frozen parts (the item text table, the frozen
-    # decoder, KAR's prompt vectors, the seen-item mask, dropout generators) are this run's own:
-    # they follow this run's llm.* settings (llm.text_table_shuffle, llm.item_text_source, the
-    # decoder), which a kar/coco source run may not share.
-    frozen = [(v, v.numpy()) for v in model.non_trainable_variables]
-    tf.train.Checkpoint(model=model).restore(path).expect_partial()
-    for variable, value in frozen:
-        variable.assign(value)
+    # Only the backbone, the item table and model.item_text's projection come from the other run,
+    # matched by their object paths (model/backbone/..., model/item_embedding, model/text_projection).
+    # The frozen LLM assets (item text table, decoder, prompts) stay this run's: they follow this
+    # run's llm.* settings (llm.text_table_shuffle, llm.item_text_source, the decoder), which a
+    # kar/coco source run may not share.
+    parts = {"backbone": model.backbone, "item_embedding": model.item_embedding}
+    if getattr(model, "text_projection", None) is not None:
+        parts["text_projection"] = model.text_projection
+    tf.train.Checkpoint(model=tf.train.Checkpoint(**parts)).restore(path).expect_partial()
     return path
