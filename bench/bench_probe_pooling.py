@@ -89,7 +89,7 @@ def main():
     print("| pooling | category agreement |\n|---|---|")
     for name, v in variants.items():
         print(f"| {name} | {probe.nearest_neighbour_agreement(v, labels):.4f} |", flush=True)
-    print(f"| TF-IDF of the titles (reference) | {probe.tfidf_category_agreement(catalog):.4f} |")
+    print(f"| TF-IDF of the titles (reference) | {probe.tfidf_probes(catalog, args.template)['category_agreement']:.4f} |")
 
 
 if __name__ == "__main__":

@@ -169,9 +169,9 @@ def build_item_text_table(
         raise ValueError(
             f"sequence_length and batch_size must be positive; got {sequence_length}, {batch_size}."
         )
+    pooling = f"written:{knowledge_tokens}:{knowledge_prompt!r}" if knowledge_tokens > 0 else "mean"
     key = None
     if cache_dir:
-        pooling = f"written:{knowledge_tokens}:{knowledge_prompt!r}" if knowledge_tokens > 0 else "mean"
         key = cache_key(
             titles, weights_fingerprint(backbone), tokenizer.fingerprint(), sequence_length, pooling
         )
@@ -191,7 +191,7 @@ def build_item_text_table(
 
         table = np.zeros((len(titles), backbone.hidden_dim), np.float32)
         table[1:] = knowledge_vectors(backbone, tokenizer, titles[1:], knowledge_prompt, knowledge_tokens,
-                                      sequence_length, max(batch_size, 256))
+                                      sequence_length, batch_size)
     else:
         table = _encode_titles(titles, backbone, tokenizer, sequence_length, batch_size, verbose)
     table[0] = 0.0
@@ -213,7 +213,7 @@ def build_item_text_table(
                     "shape": list(table.shape),
                     "dtype": "float32",
                     "sequence_length": sequence_length,
-                    "pooling": "masked_mean" if knowledge_tokens <= 0 else f"written ({knowledge_tokens} tokens)",
+                    "pooling": pooling,
                     "tokenizer": tokenizer.kind,
                     "num_items": len(titles) - 1,
                     "seconds": round(seconds, 3),

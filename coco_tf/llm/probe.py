@@ -117,15 +117,9 @@ def tfidf_vectors(texts) -> np.ndarray:
     return out
 
 
-def tfidf_category_agreement(catalog) -> float:
-    """Category agreement of the TF-IDF reference on the probe titles."""
-    ids, labels, titles = probe_items(catalog)
-    return nearest_neighbour_agreement(tfidf_vectors([titles[i] for i in ids]), labels)
-
-
-def heldout_probe_rows(catalog, template: str) -> np.ndarray:
-    """bool ``[len(probe ids)]``: the probe items among the pretraining held-out 5%."""
-    ids, _, _ = probe_items(catalog)
+def heldout_probe_rows(catalog, ids: np.ndarray, template: str) -> np.ndarray:
+    """bool ``[len(ids)]``: which probe items (``ids`` of :func:`probe_items`) are among the
+    pretraining held-out 5%."""
     return np.isin(ids, split_corpus(item_texts(catalog, template)).heldout_ids)
 
 
@@ -138,7 +132,7 @@ def _agreements(vectors, labels, heldout) -> Dict[str, float]:
 def tfidf_probes(catalog, template: str) -> Dict[str, float]:
     """The TF-IDF reference's category agreement, on all probe items and among the held-out ones."""
     ids, labels, titles = probe_items(catalog)
-    a = _agreements(tfidf_vectors([titles[i] for i in ids]), labels, heldout_probe_rows(catalog, template))
+    a = _agreements(tfidf_vectors([titles[i] for i in ids]), labels, heldout_probe_rows(catalog, ids, template))
     return {"category_agreement": a["all"], "category_agreement_heldout": a["heldout"]}
 
 
@@ -167,7 +161,7 @@ def run_probes(cfg, catalog, backbone, tokenizer, lm=None) -> Dict[str, Optional
     heldout = [texts[i] for i in split_corpus(texts).heldout_ids]
     out = {"heldout_perplexity": perplexity(lm, tokenizer, heldout) if lm is not None and heldout else None}
     ids, labels, titles = probe_items(catalog)
-    rows = heldout_probe_rows(catalog, cfg.llm.item_text_template)
+    rows = heldout_probe_rows(catalog, ids, cfg.llm.item_text_template)
     if len(ids) >= 2:
         table = build_item_text_table(titles, backbone, tokenizer, cache_dir=None, sequence_length=SEQUENCE_LENGTH,
                                       batch_size=BATCH_SIZE, verbose=0)
