@@ -237,6 +237,19 @@ class CoCoConfig:
         "kar/coco: weight of the penalty mean ||user vector - h_RS||^2 on what the LLM branch adds to the "
         "backbone's user vector (0: none, the paper's loss)",
     )
+    text_score: bool = _field(
+        False,
+        "kar/coco: the LLM branch also scores candidates in the frozen item text space: the user vector "
+        "gains q_u = a * (its newest history items' text rows, pooled) + W * (the branch's output), each "
+        "candidate its L2-normalised text row (a and W start at zero; coco_tf/methods/text_space.py). "
+        "false: the paper's reading, the branch acts in the id space only",
+    )
+    text_window: int = _field(3, "coco.text_score: newest history items pooled into the history's text query")
+    text_decay: float = _field(
+        0.5, "coco.text_score: weight ratio between consecutive pooled history items, in (0, 1] (1: plain mean)")
+    text_summary: bool = _field(
+        True, "coco.text_score: add W * (CoCo's pooled h_pure, KAR's reasoning vector) to the text query "
+        "(false: the history's text rows alone)")
     usage_weight: float = _field(
         0.1,
         "weight of the codebook usage term: log K minus the entropy of the batch's mean soft assignment "
@@ -532,6 +545,10 @@ def validate(cfg: Config) -> None:
                        ("coco.branch_penalty", cfg.coco.branch_penalty)):
         if value < 0:
             raise ConfigError(f"config key '{key}': must be >= 0, got {value}")
+    if cfg.coco.text_window < 1:
+        raise ConfigError(f"config key 'coco.text_window': must be >= 1, got {cfg.coco.text_window}")
+    if not 0.0 < cfg.coco.text_decay <= 1.0:
+        raise ConfigError(f"config key 'coco.text_decay': must be in (0, 1], got {cfg.coco.text_decay}")
     if cfg.coco.base_epochs < -1:
         raise ConfigError(f"config key 'coco.base_epochs': must be -1 (until validation stalls), 0 (no base "
                           f"stage) or a positive limit, got {cfg.coco.base_epochs}")

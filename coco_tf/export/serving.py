@@ -113,7 +113,8 @@ class ServingModule(tf.Module):
                 f"count), got {self.top_k}"
             )
         # Items 1..N; row 0 (padding) is never a candidate.
-        table = model.item_table()
+        # CoCo / KAR with coco.text_score: [E ; t̂] (the user tower returns [h ; q_u]).
+        table = model.candidate_table() if hasattr(model, "candidate_table") else model.item_table()
         self._index = tfrs.layers.factorized_top_k.BruteForce(k=max(self.top_k), name="item_index")
         self._index.index(table[1:], tf.range(1, self.num_items + 1, dtype=tf.int64))
 

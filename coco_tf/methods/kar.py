@@ -127,7 +127,8 @@ class KARModel(UserLevelRetrievalModel):
 
     def __init__(self, num_items: int, item_text_table, llm, prompt_vectors, alpha: float = 1.0,
                  zero_init: bool = True, **kwargs):
-        super().__init__(num_items=num_items, item_text_table=item_text_table, alpha=alpha, **kwargs)
+        super().__init__(num_items=num_items, item_text_table=item_text_table, alpha=alpha, zero_init=zero_init,
+                         **kwargs)
         self.llm = llm
         self.llm.trainable = False
         prompts = np.asarray(prompt_vectors, np.float32)
@@ -136,7 +137,6 @@ class KARModel(UserLevelRetrievalModel):
         # A non-trainable variable, so that checkpoints (and the export) carry the encoded prompts.
         self.prompt_vectors = tf.Variable(prompts, trainable=False, name="kar_prompt_vectors")
         self.adaptor = HybridExpertAdaptor(self.embedding_dim, num_types=2, name="hybrid_expert_adaptor")
-        self.zero_init = bool(zero_init)
         # zero_init: u == h_RS at initialisation (the branch starts with nothing to add).
         self.fusion = keras.layers.Dense(self.embedding_dim, kernel_initializer="zeros" if self.zero_init
                                          else "glorot_uniform", name="knowledge_fusion")
@@ -162,4 +162,4 @@ class KARModel(UserLevelRetrievalModel):
         reasoning, factual = self.knowledge(history)
         r_aug, f_aug = self.adaptor([reasoning, factual], training=training)
         user = h_rs + self.fusion(tf.concat([r_aug, f_aug], axis=-1))
-        return user, {}, {}
+        return user, reasoning, {}, {}

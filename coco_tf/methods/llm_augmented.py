@@ -30,8 +30,15 @@ full-softmax SASRec half as good as the base, docs/results.md §7). During a bas
 stage (``coco.base_epochs``) the trainer uses :meth:`base_loss_and_metrics` and ranks
 by :meth:`base_user` instead: the LLM branch is not run. Why these readings: docs/design.md §5.
 
+``text_score`` (``coco.text_score``; the paper has none): the user vector gains a query in the
+frozen item text space, ``[user ; q_u]`` ``[B, d + d_llm]``, and every candidate its normalised text
+row, ``[E_i ; t̂_i]`` (``coco_tf/methods/text_space.py``: why, and the equations). The backbone's
+own objective and a base stage still rank ``h_RS`` against ``E`` alone.
+
 Subclasses implement ``user_vector(history, h_rs, states, training, target_ids)``
-returning ``(user [B, d], extra_losses: dict, metrics: dict)``; both read the decoder through
+returning ``(user [B, d], summary [B, d_s] or None, extra_losses: dict, metrics: dict)``
+(``summary``: the LLM branch's output that the text-space query maps, CoCo's pooled ``h_pure``,
+KAR's reasoning vector); both read the decoder through
 :meth:`UserLevelRetrievalModel.decode_with_prefix` (a prompt prefix, then the history's text rows).
 
 Example (a subclass; ``CoCoModel`` and ``KARModel`` are the two):
@@ -46,6 +53,7 @@ import tensorflow as tf
 
 from coco_tf.backbones.base import last_valid_index
 from coco_tf.methods.retrieval_model import SequentialRetrievalModel
+from coco_tf.methods.text_space import TextSpaceQuery, normalized_rows
 
 
 def random_prefix(history: tf.Tensor, seed=None):
@@ -67,8 +75,19 @@ class UserLevelRetrievalModel(SequentialRetrievalModel):
     """Base: backbone → h_RS → (subclass) → user vector, loss ``L_r + α·L_aux + extras``."""
 
     def __init__(self, num_items: int, item_text_table, alpha: float = 1.0, user_position: str = "last",
-                 rec_to_backbone: bool = True, branch_penalty: float = 0.0, **kwargs):
+                 rec_to_backbone: bool = True, branch_penalty: float = 0.0, text_score: bool = False,
+                 text_window: int = 3, text_decay: float = 0.5, text_summary: bool = True, zero_init: bool = True,
+                 **kwargs):
+        """``text_score``, ``text_window``, ``text_decay``: the text-space query
+        (:class:`~coco_tf.methods.text_space.TextSpaceQuery`); ``text_summary``: it also maps the
+        subclass's summary (``[B, d_llm]``) by ``W``; ``zero_init``: it starts at zero."""
         super().__init__(num_items=num_items, item_text_table=item_text_table, **kwargs)
+        self.zero_init = bool(zero_init)
+        self.text_query = None
+        if text_score:
+            self.text_query = TextSpaceQuery(self.text_dim, self.text_dim if text_summary else 0,
+                                             window=text_window, decay=text_decay,
+                                             zero_init=self.zero_init, name="text_query")
         self.rec_to_backbone = bool(rec_to_backbone)
         self.branch_penalty = float(branch_penalty)
         if user_position not in ("last", "random"):
@@ -100,6 +119,48 @@ class UserLevelRetrievalModel(SequentialRetrievalModel):
     def user_vector(self, history, h_rs, states, training=None, target_ids=None):
         raise NotImplementedError
 
+    # ------------------------------------------------------- text-space scoring
+    def text_rows(self) -> tf.Tensor:
+        """``[num_items + 1, d_llm]``: the frozen item text table, rows L2-normalised (``t̂``)."""
+        if not self.item_text.built:
+            self.item_text.build(None)
+        return normalized_rows(tf.stop_gradient(tf.convert_to_tensor(self.item_text.embeddings)))
+
+    def with_text_query(self, history, user, summary):
+        """``[user ; q_u]`` ``[B, d + d_llm]`` with ``coco.text_score``, else ``user`` ``[B, d]``."""
+        if self.text_query is None:
+            return user
+        rows = normalized_rows(tf.stop_gradient(self.item_text(history)))  # [B, T, d_llm]
+        if not self.text_query.summary_dim:
+            summary = None
+        return tf.concat([user, tf.cast(self.text_query(history, rows, summary), user.dtype)], axis=-1)
+
+    def candidate_table(self) -> tf.Tensor:
+        """What a full user vector is ranked against: ``[E ; t̂]`` ``[num_items + 1, d + d_llm]`` with
+        ``coco.text_score``, else :meth:`item_table` (serving indexes this)."""
+        if self.text_query is None:
+            return self.item_table()
+        return tf.concat([self.item_table(), self.text_rows()], axis=-1)
+
+    def _has_text_part(self, queries) -> bool:
+        return self.text_query is not None and queries.shape[-1] == self.embedding_dim + self.text_dim
+
+    def score_all(self, user: tf.Tensor) -> tf.Tensor:
+        """``[B, num_items + 1]``: a full user vector against :meth:`candidate_table`; ``h_RS``
+        (``[B, d]``, a base stage) against the id table alone."""
+        table = self.candidate_table() if self._has_text_part(user) else self.item_table()
+        return tf.matmul(user, table, transpose_b=True)
+
+    def retrieval_loss(self, queries: tf.Tensor, target_ids: tf.Tensor) -> tf.Tensor:
+        """As :meth:`SequentialRetrievalModel.retrieval_loss`; queries with a text part are scored
+        against the candidates' text rows too."""
+        if not self._has_text_part(queries):
+            return super().retrieval_loss(queries, target_ids)
+        if self.task.loss == "in_batch":
+            text = tf.gather(self.text_rows(), target_ids)
+            return self.task(queries, target_ids, candidates=tf.concat([self.candidate_embeddings(target_ids), text], -1))
+        return self.task(queries, target_ids, self.candidate_table())
+
     def _encode(self, history, training):
         """``(states [B, T, d], h_RS [B, d])`` through the backbone's own ``user_states``."""
         return self.backbone.user_states(history, training=training)
@@ -107,8 +168,8 @@ class UserLevelRetrievalModel(SequentialRetrievalModel):
     def call(self, features, training=None):
         history = features["history"] if isinstance(features, dict) else features
         states, h_rs = self._encode(history, training)
-        user, _, _ = self.user_vector(history, h_rs, states, training=training)
-        return user
+        user, summary, _, _ = self.user_vector(history, h_rs, states, training=training)
+        return self.with_text_query(history, user, summary)
 
     def base_user(self, history, training=None):
         """``h_RS`` ``[B, d]``: the backbone's user vector alone (the base stage's ranking; with
@@ -135,8 +196,10 @@ class UserLevelRetrievalModel(SequentialRetrievalModel):
         target_ids = tf.gather(targets, at, batch_dims=1)  # [B] the next item of that position
         if not self.rec_to_backbone:  # the backbone learns from its own objective only
             seen_states, seen_rs = tf.stop_gradient(seen_states), tf.stop_gradient(seen_rs)
-        user, extra_losses, metrics = self.user_vector(seen, seen_rs, seen_states, training=training,
-                                                       target_ids=target_ids)
+        user, summary, extra_losses, metrics = self.user_vector(seen, seen_rs, seen_states, training=training,
+                                                                target_ids=target_ids)
+        id_user = user
+        user = self.with_text_query(seen, user, summary)
 
         weights = tf.cast(target_ids != 0, tf.float32)
         safe_ids = tf.where(target_ids != 0, target_ids, tf.ones_like(target_ids))
@@ -151,9 +214,12 @@ class UserLevelRetrievalModel(SequentialRetrievalModel):
         # What the branch adds to the backbone's vector: ||user - h_RS||^2 per user [B] (0 at a
         # zero-initialised start). Reported always; with branch_penalty it is also a loss term, so a
         # branch that does not lower L_r stays near zero while it trains (h_RS held fixed here).
-        added = tf.reduce_sum(tf.square(user - tf.stop_gradient(seen_rs)), axis=-1)
+        added = tf.reduce_sum(tf.square(id_user - tf.stop_gradient(seen_rs)), axis=-1)
         l_branch = tf.reduce_sum(added * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
         out["branch/sq_norm"] = l_branch
+        if self.text_query is not None:  # a: the weight of the history's own text rows; ||q_u||
+            out["text/history_scale"] = tf.convert_to_tensor(self.text_query.scale)
+            out["text/query_norm"] = tf.reduce_mean(tf.norm(user[:, self.embedding_dim:], axis=-1))
         if self.branch_penalty:
             total = total + self.branch_penalty * l_branch
         for name, (weight, value) in extra_losses.items():

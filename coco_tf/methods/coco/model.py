@@ -71,6 +71,7 @@ from coco_tf.methods.coco.contradiction import ContradictionGradientMask, contra
 from coco_tf.methods.coco.decoupling import SemanticDecoupling, orthogonality_loss
 from coco_tf.methods.coco.vq_prompt_codebook import VQPromptCodebook, codebook_usage
 from coco_tf.methods.llm_augmented import UserLevelRetrievalModel
+from coco_tf.utils import masked_mean
 
 ABLATIONS = ("none", "soft", "dec", "con")
 
@@ -127,7 +128,8 @@ class CoCoModel(UserLevelRetrievalModel):
         decision_override=None,
         **kwargs,
     ):
-        super().__init__(num_items=num_items, item_text_table=item_text_table, alpha=alpha, **kwargs)
+        super().__init__(num_items=num_items, item_text_table=item_text_table, alpha=alpha, zero_init=zero_init,
+                         **kwargs)
         if ablation not in ABLATIONS:
             raise ValueError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
         if llm.hidden_dim != self.text_dim:
@@ -166,8 +168,11 @@ class CoCoModel(UserLevelRetrievalModel):
         self.gradient_mask = ContradictionGradientMask(name="contradiction_mask")
 
     def _align(self, h_rs, h_prompt, h_mix, mix_mask, prompt_mask, training):
+        """``(h_aligned [B, d], summary [B, d_llm])``: eq. 5 then eq. 7; ``summary`` is the masked
+        mean of ``h_pure`` over the selected prompt slots (the text-space query's ``s_u``)."""
         h_pure = self.decoupling(h_prompt, h_mix, mix_mask, training=training)
-        return self.alignment(h_rs, h_pure, prompt_mask, training=training)
+        summary = masked_mean(h_pure, prompt_mask)
+        return self.alignment(h_rs, h_pure, prompt_mask, training=training), summary
 
     def llm_branch(self, history, h_rs, training=None, trim_prompts=False):
         """The prompt selection and the LLM pass (eq. 2-3) for ``h_RS [B, d]``.
@@ -198,19 +203,20 @@ class CoCoModel(UserLevelRetrievalModel):
         h_prompt, prompt_mask, h_mix, mix_mask = sel["prompts"], sel["prompt_mask"], sel["h_mix"], sel["mix_mask"]
         metrics, losses = {}, {}
         if target_ids is None:  # serving / evaluation
-            return self._align(h_rs, h_prompt, h_mix, mix_mask, prompt_mask, training), losses, metrics
+            h_aligned, summary = self._align(h_rs, h_prompt, h_mix, mix_mask, prompt_mask, training)
+            return h_aligned, summary, losses, metrics
 
         if self.decision_override is not None:
             decision = tf.fill(tf.shape(h_rs)[:1], self.decision_override)
         else:
-            probe = self._align(
+            probe, _ = self._align(
                 h_rs, tf.stop_gradient(h_prompt), tf.stop_gradient(h_mix), mix_mask, prompt_mask, False
             )
             decision = contradiction_decision(probe, h_rs, self.candidate_embeddings(target_ids))
         if self.ablation != "con":
             h_mix = self.gradient_mask(h_mix, decision)
             h_prompt = self.gradient_mask(h_prompt, decision)
-        h_aligned = self._align(h_rs, h_prompt, h_mix, mix_mask, prompt_mask, training)
+        h_aligned, summary = self._align(h_rs, h_prompt, h_mix, mix_mask, prompt_mask, training)
 
         losses["ortho"] = (self.beta, orthogonality_loss(self.codebook.codebook))
         losses["vq"] = (self.gamma, sel["vq_loss"])
@@ -228,4 +234,4 @@ class CoCoModel(UserLevelRetrievalModel):
         )
         metrics["coco/codebook_perplexity"] = perplexity
         metrics["coco/codebook_unused"] = unused
-        return h_aligned, losses, metrics
+        return h_aligned, summary, losses, metrics
