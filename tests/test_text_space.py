@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from coco_tf.methods.text_space import TextSpaceQuery, recency_weights
+from coco_tf.methods.text_space import SCALE_STEP, TextSpaceQuery, recency_weights
 
 
 def _np_recency(history, window, decay):
@@ -34,7 +34,7 @@ def test_text_space_query_matches_numpy():
     query = TextSpaceQuery(text_dim=6, summary_dim=5, window=2, decay=0.25, name="q")
     np.testing.assert_array_equal(query(tf.constant(history), tf.constant(rows), tf.constant(summary)).numpy(), 0.0)
     w = rng.normal(size=(5, 6)).astype(np.float32)
-    query.scale.assign(1.7)
+    query.scale_parameter.assign(1.7 / SCALE_STEP)
     query.summary_projection.kernel.assign(w)
     got = query(tf.constant(history), tf.constant(rows), tf.constant(summary)).numpy()
     weights = _np_recency(history, 2, 0.25)
@@ -75,7 +75,7 @@ def test_untrained_text_query_adds_nothing_and_the_loss_is_the_softmax_over_both
     np.testing.assert_allclose(model.score_all(user).numpy(), model.score_all(h_rs).numpy(), atol=1e-6)
     # Move the text query off zero: the full-softmax loss is the log-softmax over [E ; t̂] (numpy),
     # padding excluded.
-    model.text_query.scale.assign(2.0)
+    model.text_query.scale_parameter.assign(2.0 / SCALE_STEP)
     user = model({"history": history}, training=False).numpy()
     assert np.abs(user[:, 16:]).max() > 0.1
     rows = table / np.maximum(np.linalg.norm(table, axis=1, keepdims=True), 1e-12)
@@ -121,3 +121,23 @@ def test_text_score_trains_and_exports_the_same_ranking(tmp_path):
     expected = np.argsort(-scores, axis=1)[:, :10] + 1
     np.testing.assert_array_equal(served["item_ids"].numpy(), expected)
     np.testing.assert_allclose(served["scores"].numpy(), np.take_along_axis(scores, expected - 1, 1), atol=1e-4)
+
+
+def test_user_level_loss_leaves_out_the_history_as_evaluation_does():
+    """rec_excludes_history (eval.exclude_history): L_r's softmax skips the history's items, not the
+    target's, and the padding column (numpy by hand)."""
+    model, table = _tiny_model("coco", rec_excludes_history=True)
+    model.text_query.scale_parameter.assign(3.0 / SCALE_STEP)
+    history = tf.constant([[0, 0, 3, 4, 5, 6], [1, 2, 3, 4, 5, 9]], tf.int64)
+    user = model({"history": history}, training=False)
+    targets = np.array([7, 4])  # row 1's target is in its history: it stays a candidate
+    logits = model.score_all(user).numpy()
+    keep = np.ones_like(logits, bool)
+    keep[:, 0] = False
+    keep[0, [3, 4, 5, 6]] = False
+    keep[1, [1, 2, 3, 5, 9]] = False
+    expected = [np.log(np.exp(logits[b][keep[b]]).sum()) - logits[b, targets[b]] for b in range(2)]
+    got = model.user_level_loss(user, tf.constant(targets, tf.int64), history).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    plain = model.retrieval_loss(user, tf.constant(targets, tf.int64)).numpy()
+    assert np.all(got < plain)  # fewer competitors

@@ -70,7 +70,8 @@ def build_model(
     # The user-level LLM methods' shared switches (docs/design.md §5).
     common.update(alpha=c.alpha, zero_init=c.zero_init, user_position=c.user_position,
                   rec_to_backbone=c.rec_to_backbone, branch_penalty=c.branch_penalty, text_score=c.text_score,
-                  text_window=c.text_window, text_decay=c.text_decay, text_summary=c.text_summary)
+                  text_window=c.text_window, text_decay=c.text_decay, text_summary=c.text_summary,
+                  rec_excludes_history=cfg.eval.exclude_history)
     if method == "kar":
         return KARModel(
             **common,

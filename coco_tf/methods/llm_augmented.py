@@ -77,12 +77,16 @@ class UserLevelRetrievalModel(SequentialRetrievalModel):
     def __init__(self, num_items: int, item_text_table, alpha: float = 1.0, user_position: str = "last",
                  rec_to_backbone: bool = True, branch_penalty: float = 0.0, text_score: bool = False,
                  text_window: int = 3, text_decay: float = 0.5, text_summary: bool = True, zero_init: bool = True,
-                 **kwargs):
+                 rec_excludes_history: bool = False, **kwargs):
         """``text_score``, ``text_window``, ``text_decay``: the text-space query
         (:class:`~coco_tf.methods.text_space.TextSpaceQuery`); ``text_summary``: it also maps the
-        subclass's summary (``[B, d_llm]``) by ``W``; ``zero_init``: it starts at zero."""
+        subclass's summary (``[B, d_llm]``) by ``W``; ``zero_init``: it starts at zero.
+        ``rec_excludes_history`` (``eval.exclude_history``): ``L_r``'s full softmax leaves out the
+        history's own items, as the evaluation ranks them (the text query's self-similarity lifts them,
+        and an objective that counts them would hold its scale down for items never ranked)."""
         super().__init__(num_items=num_items, item_text_table=item_text_table, **kwargs)
         self.zero_init = bool(zero_init)
+        self.rec_excludes_history = bool(rec_excludes_history)
         self.text_query = None
         if text_score:
             self.text_query = TextSpaceQuery(self.text_dim, self.text_dim if text_summary else 0,
@@ -151,6 +155,23 @@ class UserLevelRetrievalModel(SequentialRetrievalModel):
         table = self.candidate_table() if self._has_text_part(user) else self.item_table()
         return tf.matmul(user, table, transpose_b=True)
 
+    def user_level_loss(self, user, target_ids, history):
+        """``[B]`` ``L_r`` of ``user`` for ``target_ids`` ``[B]``: :meth:`retrieval_loss`, or with
+        ``rec_excludes_history`` (full softmax) the softmax over the items outside ``history`` ``[B, T]``
+        (and the target)."""
+        if not (self.rec_excludes_history and self.task.loss == "full_softmax"):
+            return self.retrieval_loss(user, target_ids)
+        logits = self.score_all(user) / self.task.temperature  # [B, N + 1]
+        history = tf.cast(history, tf.int32)
+        targets = tf.cast(target_ids, tf.int32)
+        drop = (history != targets[:, None]) & (history > 0)  # [B, T]
+        rows = tf.broadcast_to(tf.range(tf.shape(history)[0])[:, None], tf.shape(history))
+        idx = tf.stack([tf.boolean_mask(rows, drop), tf.boolean_mask(history, drop)], axis=1)
+        mask = tf.scatter_nd(idx, tf.ones([tf.shape(idx)[0]], logits.dtype), tf.shape(logits))
+        pad = tf.one_hot(0, tf.shape(logits)[1], on_value=1.0, off_value=0.0, dtype=logits.dtype)
+        logits = logits - 1e9 * tf.minimum(mask + pad[None, :], 1.0)
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+
     def retrieval_loss(self, queries: tf.Tensor, target_ids: tf.Tensor) -> tf.Tensor:
         """As :meth:`SequentialRetrievalModel.retrieval_loss`; queries with a text part are scored
         against the candidates' text rows too."""
@@ -203,7 +224,7 @@ class UserLevelRetrievalModel(SequentialRetrievalModel):
 
         weights = tf.cast(target_ids != 0, tf.float32)
         safe_ids = tf.where(target_ids != 0, target_ids, tf.ones_like(target_ids))
-        l_r = tf.reduce_sum(self.retrieval_loss(user, safe_ids) * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
+        l_r = tf.reduce_sum(self.user_level_loss(user, safe_ids, seen) * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
 
         # The backbone's own objective (next item, cloze, future window...): the plain model's
         # loss, reusing the states.

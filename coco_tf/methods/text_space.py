@@ -31,6 +31,12 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras as keras
 
+# a = SCALE_STEP · θ with θ the trained variable: Adam moves a variable by about the learning rate per
+# step whatever its gradient's size, so a bare scalar at lr 1e-3 would need thousands of steps to reach
+# the useful range of a (2-6 against a full-softmax backbone's logits, docs/results.md §9); with the
+# step it gets there within about one epoch of Beauty (175 steps).
+SCALE_STEP = 20.0
+
 
 def normalized_rows(table: tf.Tensor) -> tf.Tensor:
     """``table / ||table||`` row by row (zero rows, the padding, stay zero)."""
@@ -79,14 +85,20 @@ class TextSpaceQuery(keras.layers.Layer):
         self.decay = float(decay)
         self.zero_init = bool(zero_init)
         # Created here, not on first call: the optimizer (and the PS placement) must see them.
-        self.scale = self.add_weight(name="history_scale", shape=[], trainable=True,
-                                     initializer="zeros" if self.zero_init else "ones")
+        self.scale_parameter = self.add_weight(
+            name="history_scale", shape=[], trainable=True,
+            initializer=keras.initializers.Constant(0.0 if self.zero_init else 1.0 / SCALE_STEP))
         self.summary_projection = None
         if self.summary_dim:
             self.summary_projection = keras.layers.Dense(
                 self.text_dim, use_bias=False, kernel_initializer="zeros" if self.zero_init else "glorot_uniform",
                 name="summary_projection")
             self.summary_projection.build([None, self.summary_dim])
+
+    @property
+    def scale(self) -> tf.Tensor:
+        """``a`` (scalar): ``SCALE_STEP`` times the trained variable."""
+        return SCALE_STEP * tf.convert_to_tensor(self.scale_parameter)
 
     def call(self, history, rows, summary=None):
         weights = recency_weights(history, self.window, self.decay)  # [B, T]
