@@ -41,6 +41,11 @@ def test_text_space_query_matches_numpy():
     pooled = (rows * weights[:, :, None]).sum(1)
     pooled /= np.linalg.norm(pooled, axis=-1, keepdims=True)
     np.testing.assert_allclose(got, 1.7 * pooled + summary @ w, rtol=1e-5, atol=1e-6)
+    # coco.text_summary=false: the history's rows alone (no W).
+    alone = TextSpaceQuery(text_dim=6, summary_dim=0, window=2, decay=0.25, name="q0")
+    alone.scale_parameter.assign(1.7 / SCALE_STEP)
+    np.testing.assert_allclose(alone(tf.constant(history), tf.constant(rows)).numpy(), 1.7 * pooled, rtol=1e-5)
+    assert alone.summary_projection is None
     with pytest.raises(ValueError, match="coco.text_decay"):
         TextSpaceQuery(text_dim=6, decay=0.0)
 
