@@ -250,6 +250,13 @@ class CoCoConfig:
     text_summary: bool = _field(
         True, "coco.text_score: add W * (CoCo's pooled h_pure, KAR's reasoning vector) to the text query "
         "(false: the history's text rows alone)")
+    text_scale_grid: List[float] = _field(
+        [1.0],
+        "coco.text_score: after training, the text query's learnt scale a is multiplied by each of "
+        "these and the value with the best validation NDCG@10 is kept (and saved in best/) before the "
+        "test; [1.0]: a as learnt. L_r fits a on pairs the backbone has trained on, where its own "
+        "logits are surer than on unseen users, so the learnt a comes out low (docs/results.md §11)",
+    )
     usage_weight: float = _field(
         0.1,
         "weight of the codebook usage term: log K minus the entropy of the batch's mean soft assignment "
@@ -545,6 +552,9 @@ def validate(cfg: Config) -> None:
                        ("coco.branch_penalty", cfg.coco.branch_penalty)):
         if value < 0:
             raise ConfigError(f"config key '{key}': must be >= 0, got {value}")
+    if not cfg.coco.text_scale_grid or any(c <= 0 for c in cfg.coco.text_scale_grid):
+        raise ConfigError(f"config key 'coco.text_scale_grid': a non-empty list of positive floats, got "
+                          f"{cfg.coco.text_scale_grid}")
     if cfg.coco.text_window < 1:
         raise ConfigError(f"config key 'coco.text_window': must be >= 1, got {cfg.coco.text_window}")
     if not 0.0 < cfg.coco.text_decay <= 1.0:

@@ -146,3 +146,31 @@ def test_user_level_loss_leaves_out_the_history_as_evaluation_does():
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     plain = model.retrieval_loss(user, tf.constant(targets, tf.int64)).numpy()
     assert np.all(got < plain)  # fewer competitors
+
+
+def test_text_scale_grid_keeps_the_best_validation_multiple_and_saves_it(tmp_path):
+    """coco.text_scale_grid: the multiple of the learnt a with the best validation NDCG@10 is kept,
+    saved in best/ (a reload ranks with it) and recorded in metrics.json; [1.0] leaves a as learnt."""
+    import json
+
+    from coco_tf.config import load_config
+    from coco_tf.experiments.analysis import load_run
+    from coco_tf.metrics.evaluator import Evaluator
+    from coco_tf.training.trainer import Trainer
+    from conftest import tiny_overrides
+
+    model_dir = tmp_path / "run"
+    grid = [1.0, 0.5, 3.0]
+    cfg = load_config(overrides=tiny_overrides("train.learning_rate=0.005", "train.loss=in_batch") + [
+        "train.epochs=2", f"runtime.model_dir={model_dir}", "coco.method=coco", "coco.base_epochs=0",
+        "coco.text_score=true", "coco.codebook_size=8", "coco.text_scale_grid=1.0,0.5,3.0"])
+    result = Trainer(cfg).run()
+    chosen = result["text_scale_selection"]
+    assert chosen["grid"] == grid and chosen["multiplier"] == grid[int(np.argmax(chosen["valid_ndcg@10"]))]
+    assert json.load(open(model_dir / "metrics.json"))["text_scale_selection"] == chosen
+    run = load_run(str(model_dir))
+    np.testing.assert_allclose(float(run.model.text_query.scale), chosen["learnt_a"] * chosen["multiplier"],
+                               rtol=1e-3)  # learnt_a is recorded to 4 decimals
+    valid = Evaluator(run.model, cfg.eval.ks, cfg.data.max_len, cfg.eval.batch_size).evaluate(run.split.valid)
+    assert valid["ndcg@10"] == pytest.approx(max(chosen["valid_ndcg@10"]), abs=1e-5)
+    assert result["valid"]["ndcg@10"] == pytest.approx(max(chosen["valid_ndcg@10"]), abs=1e-5)

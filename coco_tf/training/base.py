@@ -46,6 +46,7 @@ import os
 import time
 from typing import Dict, Optional
 
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 from absl import logging
@@ -337,6 +338,29 @@ class TrainerBase:
         """The run's wall time so far, summed over resumes."""
         return round(self._wall_before + time.time() - self._t0, 2)
 
+    def _select_text_scale(self) -> Optional[Dict]:
+        """``coco.text_scale_grid``: on the restored best checkpoint, multiply the text query's learnt
+        ``a`` by each grid value, keep the one with the best validation NDCG@10 (the first on a tie,
+        so a rerun on an already chosen ``a`` keeps it when the grid holds 1.0) and save it as the
+        best checkpoint, so that the test and the export rank with it. ``None`` when off."""
+        grid = [float(c) for c in self.cfg.coco.text_scale_grid]
+        query = getattr(self.model, "text_query", None)
+        if query is None or grid == [1.0] or not self.best_manager.latest_checkpoint:
+            return None
+        learnt = float(query.scale_parameter.numpy())
+        learnt_a = float(query.scale)
+        scores = []
+        for c in grid:
+            query.scale_parameter.assign(learnt * c)
+            scores.append(self.evaluator.evaluate(self.split.valid)[SELECTION_METRIC])
+        best = int(np.argmax(scores))
+        query.scale_parameter.assign(learnt * grid[best])
+        self.best_manager.save(checkpoint_number=int(self.best_manager.latest_checkpoint.rsplit("-", 1)[-1]))
+        logging.info("coco.text_scale_grid: a %.3f x %s -> valid %s %s; kept x%s", learnt_a, grid,
+                     SELECTION_METRIC, [round(v, 4) for v in scores], grid[best])
+        return {"learnt_a": round(learnt_a, 4), "grid": grid, "multiplier": grid[best],
+                "valid_" + SELECTION_METRIC: [round(v, 5) for v in scores]}
+
     def _finish(self, train_seconds: float, train_examples: int, history: list,
                 extra: Optional[Dict] = None) -> Dict:
         """Tests the best checkpoint and writes ``metrics.json``; ``history``: every finished epoch's record."""
@@ -345,6 +369,10 @@ class TrainerBase:
             best_epoch = int(self.best_manager.latest_checkpoint.rsplit("-", 1)[-1])
         else:
             best_epoch = int(self.epoch.numpy())
+        extra = dict(extra or {})
+        scale = self._select_text_scale()
+        if scale is not None:
+            extra["text_scale_selection"] = scale
         result = {
             "valid": self.evaluator.evaluate(self.split.valid),
             "test": self.evaluator.evaluate(self.split.test),
@@ -354,7 +382,7 @@ class TrainerBase:
             "train_seconds": round(sum(h.get("train_seconds", 0.0) for h in history), 2),
             "wall_seconds": self._wall_seconds(),
             "dataset": self.dataset.describe(),
-            **(extra or {}),
+            **extra,
         }
         write_json(os.path.join(self.model_dir, "metrics.json"), result, indent=2)
         return result
