@@ -90,15 +90,18 @@ def test_grid_trains_reports_skips_and_plots(tmp_path):
     assert sum(v["users"] for v in parts) == buckets["all"]["users"]
     assert sum(v["users"] * v["recall@10"] for v in parts) / buckets["all"]["users"] == pytest.approx(
         recorded["recall@10"], abs=1e-6)
-    # The offline text probe: λ = 0 is the run itself; one-hot "texts" score only the history's own
-    # items, so with --no_self every λ ranks as λ = 0, and without it λ moves the ranking.
+    # The offline text probe: λ = 0 is the run itself, ranked as the Evaluator ranks it (history kept
+    # or excluded); one-hot "texts" score only the history's own items, so with --no_self every λ
+    # ranks as λ = 0.
     from coco_tf.experiments.text_probe import probe
+    from coco_tf.metrics.evaluator import Evaluator
 
     run = load_run(str(run_dir))
     one_hot = np.eye(run.dataset.num_items + 1, dtype=np.float32)
-    plain = probe(run, one_hot, "test")
-    assert plain[(1, 0.0)]["R@10"] == pytest.approx(recorded["recall@10"], abs=1e-6)
-    assert plain[(1, 6.0)]["R@10"] != plain[(1, 0.0)]["R@10"]
+    assert probe(run, one_hot, "test")[(1, 0.0)]["R@10"] == pytest.approx(recorded["recall@10"], abs=1e-6)
+    excluded = Evaluator(run.model, run.cfg.eval.ks, run.cfg.data.max_len, 64, exclude_history=True)
+    assert probe(run, one_hot, "test", exclude_history=True)[(1, 0.0)]["R@10"] == pytest.approx(
+        excluded.evaluate(run.split.test)["recall@10"], abs=1e-6)
     no_self = probe(run, one_hot, "test", no_self=True)
     assert all(v == no_self[(1, 0.0)] for v in no_self.values())
     # A second call trains nothing: every run has its metrics.json.
