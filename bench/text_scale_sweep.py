@@ -16,4 +16,4 @@ for c in [float(x) for x in sys.argv[2].split(",")]:
     run.model.text_query.scale_parameter.assign(theta * c)
     for sp in splits:
         m = ev.evaluate(getattr(run.split, sp))
-        print(json.dumps({"c": c, "split": sp, "a": round(theta * c * 20, 3), **{k: round(v, 4) for k, v in m.items() if k in ("recall@5", "ndcg@5", "ndcg@10")}}), flush=True)
+        print(json.dumps({"c": c, "split": sp, "a": round(float(run.model.text_query.scale), 3), **{k: round(v, 4) for k, v in m.items() if k in ("recall@5", "ndcg@5", "ndcg@10")}}), flush=True)

@@ -36,6 +36,8 @@ import tensorflow as tf
 from coco_tf.data.pipeline import pad_histories
 from coco_tf.experiments.analysis import load_run
 from coco_tf.llm.item_text import item_texts
+from coco_tf.methods.text_space import recency_weights
+from coco_tf.metrics.ranking import metrics_from_ranks, target_ranks
 from coco_tf.training.inputs import shuffle_item_rows
 
 LAMBDAS = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0)
@@ -58,52 +60,41 @@ def text_table(run, kind: str, overrides=(), cache_dir: str = "", run_dir: str =
     return build_llm_assets(cfg, run.dataset, cache_dir or None).item_text_table
 
 
-def history_query(histories, rows: np.ndarray, window: int) -> np.ndarray:
-    """``[U, D]``: normalised ``Σ_{k < window} 0.5^k`` rows of each history's newest items."""
-    q = np.stack([sum(0.5 ** k * rows[h[-1 - k]] for k in range(min(window, len(h)))) for h in histories])
+def history_query(padded: np.ndarray, rows: np.ndarray, window: int) -> np.ndarray:
+    """``[U, D]``: each padded history's newest ``window`` rows, pooled with the weights
+    ``coco.text_score`` uses (``recency_weights``, decay 0.5) and normalised."""
+    weights = recency_weights(tf.constant(padded), window, 0.5).numpy()  # [U, T]
+    q = sum(weights[:, t, None] * rows[padded[:, t]] for t in range(padded.shape[1]))  # [U, D] (D may be large)
     return q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-8)
 
 
-def ranks(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Pessimistic 0-based ranks (ties count above; column 0, padding, never ranked)."""
-    scores = scores.copy()
-    scores[:, 0] = -np.inf
-    target = scores[np.arange(len(targets)), targets]
-    return (scores >= target[:, None]).sum(1) - 1
-
-
-def metrics(r: np.ndarray) -> dict:
-    out = {f"R@{k}": float(np.mean(r < k)) for k in (5, 10)}
-    out.update({f"N@{k}": float(np.mean((r < k) / np.log2(r + 2))) for k in (5, 10)})
-    return out
+def metrics(ranks: np.ndarray) -> dict:
+    """R@5, R@10, N@5, N@10 of 0-based ranks (``metrics_from_ranks``)."""
+    m = metrics_from_ranks(ranks, (5, 10))
+    return {f"{name[0].upper()}@{k}": m[f"{name}@{k}"] for name in ("recall", "ndcg") for k in (5, 10)}
 
 
 def probe(run, rows: np.ndarray, split: str, exclude_history=False, no_self=False, alone=False, batch=1024):
     """``{(window, λ): metrics}`` on ``split`` (see the module doc)."""
     es = getattr(run.split, split)
-    acc = {(w, lam): [] for w in WINDOWS for lam in LAMBDAS}
+    acc = {(w, lam): [] for w in WINDOWS for lam in LAMBDAS if not (alone and lam == 0)}
     for start in range(0, len(es.targets), batch):
-        hist = es.histories[start:start + batch]
-        targets = np.asarray(es.targets[start:start + batch])
+        padded = pad_histories([np.asarray(h, np.int64) for h in es.histories[start:start + batch]],
+                               run.cfg.data.max_len)
+        targets = tf.constant(es.targets[start:start + batch])
         if alone:
-            base = np.zeros([len(hist), rows.shape[0]], np.float32)
+            base = np.zeros([len(padded), rows.shape[0]], np.float32)
         else:
-            padded = tf.constant(pad_histories([np.asarray(h, np.int64) for h in hist], run.cfg.data.max_len))
-            base = run.model.score_all(run.model({"history": padded}, training=False)).numpy()
-        seen = [np.asarray(h, np.int64) for h in hist]
-        if exclude_history:
-            for b, h in enumerate(seen):
-                base[b, h[h != targets[b]]] -= 1e4
+            base = run.model.score_all(run.model({"history": tf.constant(padded)}, training=False)).numpy()
         for w in WINDOWS:
-            text = history_query(hist, rows, w) @ rows.T
+            text = history_query(padded, rows, w) @ rows.T
             if no_self:
-                for b, h in enumerate(seen):
-                    text[b, h] = 0.0
+                np.put_along_axis(text, padded, 0.0, axis=1)  # (column 0, padding, is never ranked)
             for lam in LAMBDAS:
-                if alone and lam == 0:
-                    continue
-                acc[(w, lam)].append(ranks(base + lam * text, targets))
-    return {key: metrics(np.concatenate(v)) for key, v in acc.items() if v}
+                if (w, lam) in acc:
+                    history = tf.constant(padded) if exclude_history else None
+                    acc[(w, lam)].append(target_ranks(base + lam * text, targets, history).numpy())
+    return {key: metrics(np.concatenate(v)) for key, v in acc.items()}
 
 
 def main(argv=None) -> int:

@@ -114,7 +114,7 @@ class ServingModule(tf.Module):
             )
         # Items 1..N; row 0 (padding) is never a candidate.
         # CoCo / KAR with coco.text_score: [E ; t̂] (the user tower returns [h ; q_u]).
-        table = model.candidate_table() if hasattr(model, "candidate_table") else model.item_table()
+        table = model.candidate_table()
         self._index = tfrs.layers.factorized_top_k.BruteForce(k=max(self.top_k), name="item_index")
         self._index.index(table[1:], tf.range(1, self.num_items + 1, dtype=tf.int64))
 

@@ -53,6 +53,7 @@ import tensorflow as tf
 
 from coco_tf.backbones.base import last_valid_index
 from coco_tf.methods.retrieval_model import SequentialRetrievalModel
+from coco_tf.metrics.ranking import history_exclusion
 from coco_tf.methods.text_space import TextSpaceQuery, normalized_rows
 
 
@@ -135,8 +136,6 @@ class UserLevelRetrievalModel(SequentialRetrievalModel):
         if self.text_query is None:
             return user
         rows = normalized_rows(tf.stop_gradient(self.item_text(history)))  # [B, T, d_llm]
-        if not self.text_query.summary_dim:
-            summary = None
         return tf.concat([user, tf.cast(self.text_query(history, rows, summary), user.dtype)], axis=-1)
 
     def candidate_table(self) -> tf.Tensor:
@@ -162,15 +161,10 @@ class UserLevelRetrievalModel(SequentialRetrievalModel):
         if not (self.rec_excludes_history and self.task.loss == "full_softmax"):
             return self.retrieval_loss(user, target_ids)
         logits = self.score_all(user) / self.task.temperature  # [B, N + 1]
-        history = tf.cast(history, tf.int32)
-        targets = tf.cast(target_ids, tf.int32)
-        drop = (history != targets[:, None]) & (history > 0)  # [B, T]
-        rows = tf.broadcast_to(tf.range(tf.shape(history)[0])[:, None], tf.shape(history))
-        idx = tf.stack([tf.boolean_mask(rows, drop), tf.boolean_mask(history, drop)], axis=1)
-        mask = tf.scatter_nd(idx, tf.ones([tf.shape(idx)[0]], logits.dtype), tf.shape(logits))
-        pad = tf.one_hot(0, tf.shape(logits)[1], on_value=1.0, off_value=0.0, dtype=logits.dtype)
-        logits = logits - 1e9 * tf.minimum(mask + pad[None, :], 1.0)
-        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+        num_cols = tf.shape(logits)[1]
+        drop = history_exclusion(history, target_ids, num_cols) | (tf.range(num_cols) == 0)[None, :]  # + padding
+        logits = tf.where(drop, tf.constant(-1e9, logits.dtype), logits)
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(target_ids, tf.int32), logits=logits)
 
     def retrieval_loss(self, queries: tf.Tensor, target_ids: tf.Tensor) -> tf.Tensor:
         """As :meth:`SequentialRetrievalModel.retrieval_loss`; queries with a text part are scored

@@ -126,6 +126,11 @@ class SequentialRetrievalModel(tfrs.Model):
             self.item_text.build(None)
         return self._with_text(table, self.item_seen, tf.convert_to_tensor(self.item_text.embeddings))
 
+    def candidate_table(self) -> tf.Tensor:
+        """What :meth:`call`'s user vector is ranked against (serving indexes it): :meth:`item_table`
+        here; ``[E ; t̂]`` for an LLM-augmented model with ``coco.text_score``."""
+        return self.item_table()
+
     def candidate_embeddings(self, ids: tf.Tensor) -> tf.Tensor:
         """Rows of :meth:`item_table` for ``ids`` ``[...]`` -> ``[..., d]`` (sparse lookups)."""
         emb = self.item_embedding(ids)

@@ -20,6 +20,18 @@ import numpy as np
 import tensorflow as tf
 
 
+def history_exclusion(history: tf.Tensor, targets: tf.Tensor, num_cols) -> tf.Tensor:
+    """bool ``[B, num_cols]``: True at the items of ``history`` ``[B, T]`` other than ``targets``
+    ``[B]`` (padding id 0 is not marked): what ``eval.exclude_history`` leaves out of a ranking."""
+    history = tf.cast(history, tf.int32)
+    targets = tf.cast(targets, tf.int32)
+    drop = (history != targets[:, tf.newaxis]) & (history > 0)  # [B, T]
+    rows = tf.broadcast_to(tf.range(tf.shape(history)[0])[:, tf.newaxis], tf.shape(history))
+    idx = tf.stack([tf.boolean_mask(rows, drop), tf.boolean_mask(history, drop)], axis=1)
+    marked = tf.scatter_nd(idx, tf.ones([tf.shape(idx)[0]], tf.int32), [tf.shape(history)[0], num_cols])
+    return marked > 0
+
+
 def target_ranks(
     scores: tf.Tensor, targets: tf.Tensor, history: Optional[tf.Tensor] = None
 ) -> tf.Tensor:
@@ -41,13 +53,7 @@ def target_ranks(
     is_item = tf.range(num_cols) > 0
     scores = tf.where(is_item[tf.newaxis, :], scores, neg_inf)
     if history is not None:
-        history = tf.cast(history, tf.int32)
-        batch = tf.shape(history)[0]
-        rows = tf.tile(tf.range(batch)[:, tf.newaxis], [1, tf.shape(history)[1]])
-        # Items of the history other than the target (padding id 0 is already -inf).
-        drop = (history != targets[:, tf.newaxis]) & (history > 0)
-        idx = tf.stack([tf.boolean_mask(rows, drop), tf.boolean_mask(history, drop)], axis=1)
-        scores = tf.tensor_scatter_nd_update(scores, idx, tf.fill([tf.shape(idx)[0]], neg_inf))
+        scores = tf.where(history_exclusion(history, targets, num_cols), neg_inf, scores)
     target_score = tf.gather(scores, targets, batch_dims=1)
     at_or_above = tf.reduce_sum(tf.cast(scores >= target_score[:, tf.newaxis], tf.int32), axis=1)
     rank = at_or_above - 1  # the target itself is always counted
