@@ -204,3 +204,27 @@ def test_branch_penalty_adds_what_the_branch_moves_the_user_vector(tmp_path, met
     zero._build()
     _, m_zero = zero.model.compute_loss_and_metrics(features, training=False)
     assert float(m_zero["branch/sq_norm"]) == 0.0
+
+
+def test_branch_joins_with_a_fresh_optimizer(tmp_path):
+    """At the join Adam restarts as after coco.init_from: the branch's first step moves a zero-init
+    variable by train.learning_rate (Adam's bias-corrected first step is lr·g/|g|), not by the
+    uncorrected 0.1/sqrt(0.001) = 3.16x that the base stage's global step count would give."""
+    from coco_tf.data.pipeline import train_dataset
+    trainer = _trainer(tmp_path, "coco", "coco.method=coco", "coco.text_score=true", epochs=2)
+    assert trainer.base_stage == 1
+    trainer._build()
+    cfg = trainer.cfg
+    batches = list(train_dataset(trainer.split.train, cfg.data.max_len, cfg.train.batch_size, cfg.train.seed,
+                                 cfg.data.bucket_by_length, epoch=1).take(3))
+    for batch in batches:
+        trainer._base_train_step(batch)
+    assert int(trainer.optimizer.iterations.numpy()) == 3
+    trainer._maybe_join(1, {})
+    assert not trainer.in_base_stage()
+    assert int(trainer.optimizer.iterations.numpy()) == 0 and int(trainer.steps_before_join.numpy()) == 3
+    assert all(not np.any(v.numpy()) for v in trainer.optimizer.variables)
+    theta = trainer.model.text_query.scale_parameter
+    assert float(theta.numpy()) == 0.0
+    trainer._train_step(batches[0])
+    assert abs(float(theta.numpy())) == pytest.approx(cfg.train.learning_rate, rel=1e-3)

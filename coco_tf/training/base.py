@@ -121,10 +121,13 @@ class TrainerBase:
         self.branch_joined = tf.Variable(self.base_stage == 0, trainable=False, name="branch_joined")
         # The steps of the unfinished epoch that the checkpoint includes (0: at an epoch's end).
         self.epoch_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch_step")
+        # Optimizer steps taken before the branch joined (the join resets the optimizer, _maybe_join).
+        self.steps_before_join = tf.Variable(0, dtype=tf.int64, trainable=False, name="steps_before_join")
         self.already_finished = False
         self.checkpoint = tf.train.Checkpoint(
             model=self.model, optimizer=self.optimizer, epoch=self.epoch, best_score=self.best_score,
             stale_evals=self.stale_evals, branch_joined=self.branch_joined, epoch_step=self.epoch_step,
+            steps_before_join=self.steps_before_join,
             **self._extra_checkpoint_objects(),
         )
         self.manager = tf.train.CheckpointManager(
@@ -245,8 +248,10 @@ class TrainerBase:
     def _maybe_join(self, epoch: int, record: Dict) -> None:
         """Ends the base stage when it is due (its epochs are spent, or validation stalled for
         ``coco.base_patience`` evaluations): the best checkpoint so far (a base-stage epoch) is
-        restored, the LLM branch joins, and the full model's validation at that point goes into
-        ``record["branch_joins"]`` (with ``coco.zero_init`` it equals the best base epoch's)."""
+        restored, the optimizer starts afresh (:meth:`_reset_optimizer`), the LLM branch joins, and
+        the full model's validation at that point goes into ``record["branch_joins"]`` (with
+        ``coco.zero_init`` it equals the best base epoch's). The branch then trains exactly as after
+        ``coco.init_from`` from that checkpoint."""
         cfg = self.cfg
         if not self.in_base_stage():
             return
@@ -255,6 +260,7 @@ class TrainerBase:
         best = self.best_manager.latest_checkpoint
         if best:
             tf.train.Checkpoint(model=self.model).restore(best).expect_partial()
+        self._reset_optimizer()
         self.branch_joined.assign(True)
         self.stale_evals.assign(0)
         valid = self.evaluator.evaluate(self.split.valid)
@@ -263,6 +269,18 @@ class TrainerBase:
         if cfg.runtime.progress:
             print(f"  base stage done; the LLM branch joins from epoch {record['branch_joins']['from_epoch']} "
                   f"(valid ndcg@10={valid[SELECTION_METRIC]:.4f})", flush=True)
+
+    def _reset_optimizer(self) -> None:
+        """Zeroes Adam's moments and step count when the branch joins, as a fresh optimizer after
+        ``coco.init_from`` has them. Adam's bias correction uses the *global* step: kept at the base
+        stage's ~4,000 steps, it leaves the branch's new variables (zero moments) uncorrected, so
+        their updates (for a steady gradient) 3.2x ``train.learning_rate`` at the first step, up to
+        6.5x after ten and still 2.5x after one Beauty epoch (175 steps): the branch then overfits
+        from its first epoch (docs/results.md §11). The steps taken so far go
+        to ``steps_before_join`` (the local trainer's step count for TensorBoard and checkpoints)."""
+        self.steps_before_join.assign_add(tf.cast(self.optimizer.iterations, tf.int64))
+        for v in self.optimizer.variables:
+            v.assign(tf.zeros(v.shape, v.dtype))
 
     def _add_telemetry(self, record: Dict, sums: Dict[str, float], steps: int, step: int) -> None:
         """Epoch means of the step telemetry (kar, coco: ``sums`` over ``steps`` steps) into

@@ -159,7 +159,7 @@ class Trainer(TrainerBase):
             self.pretrain(ds, steps_per_epoch)
 
         train_seconds, train_examples = 0.0, 0
-        step = int(self.optimizer.iterations.numpy())
+        step = int(self.optimizer.iterations.numpy()) + int(self.steps_before_join.numpy())
         every = cfg.train.checkpoint_every_steps
         while int(self.epoch.numpy()) < cfg.train.epochs:
             epoch = int(self.epoch.numpy()) + 1
