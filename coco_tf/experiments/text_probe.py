@@ -82,18 +82,19 @@ def probe(run, rows: np.ndarray, split: str, exclude_history=False, no_self=Fals
         padded = pad_histories([np.asarray(h, np.int64) for h in es.histories[start:start + batch]],
                                run.cfg.data.max_len)
         targets = tf.constant(es.targets[start:start + batch])
+        history = tf.constant(padded)
         if alone:
             base = np.zeros([len(padded), rows.shape[0]], np.float32)
         else:
-            base = run.model.score_all(run.model({"history": tf.constant(padded)}, training=False)).numpy()
+            base = run.model.score_all(run.model({"history": history}, training=False)).numpy()
+        excluded = history if exclude_history else None
         for w in WINDOWS:
             text = history_query(padded, rows, w) @ rows.T
             if no_self:
                 np.put_along_axis(text, padded, 0.0, axis=1)  # (column 0, padding, is never ranked)
             for lam in LAMBDAS:
                 if (w, lam) in acc:
-                    history = tf.constant(padded) if exclude_history else None
-                    acc[(w, lam)].append(target_ranks(base + lam * text, targets, history).numpy())
+                    acc[(w, lam)].append(target_ranks(base + lam * text, targets, excluded).numpy())
     return {key: metrics(np.concatenate(v)) for key, v in acc.items()}
 
 

@@ -121,13 +121,10 @@ class TrainerBase:
         self.branch_joined = tf.Variable(self.base_stage == 0, trainable=False, name="branch_joined")
         # The steps of the unfinished epoch that the checkpoint includes (0: at an epoch's end).
         self.epoch_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch_step")
-        # Optimizer steps taken before the branch joined (the join resets the optimizer, _maybe_join).
-        self.steps_before_join = tf.Variable(0, dtype=tf.int64, trainable=False, name="steps_before_join")
         self.already_finished = False
         self.checkpoint = tf.train.Checkpoint(
             model=self.model, optimizer=self.optimizer, epoch=self.epoch, best_score=self.best_score,
             stale_evals=self.stale_evals, branch_joined=self.branch_joined, epoch_step=self.epoch_step,
-            steps_before_join=self.steps_before_join,
             **self._extra_checkpoint_objects(),
         )
         self.manager = tf.train.CheckpointManager(
@@ -276,9 +273,8 @@ class TrainerBase:
         stage's ~4,000 steps, it leaves the branch's new variables (zero moments) uncorrected, so
         their updates (for a steady gradient) 3.2x ``train.learning_rate`` at the first step, up to
         6.5x after ten and still 2.5x after one Beauty epoch (175 steps): the branch then overfits
-        from its first epoch (docs/results.md §11). The steps taken so far go
-        to ``steps_before_join`` (the local trainer's step count for TensorBoard and checkpoints)."""
-        self.steps_before_join.assign_add(tf.cast(self.optimizer.iterations, tf.int64))
+        from its first epoch (docs/results.md §11; the factor after k steps is
+        (1 - 0.9^k) / sqrt(1 - 0.999^k))."""
         for v in self.optimizer.variables:
             v.assign(tf.zeros(v.shape, v.dtype))
 

@@ -159,7 +159,9 @@ class Trainer(TrainerBase):
             self.pretrain(ds, steps_per_epoch)
 
         train_seconds, train_examples = 0.0, 0
-        step = int(self.optimizer.iterations.numpy()) + int(self.steps_before_join.numpy())
+        # Training steps so far (TensorBoard, checkpoint numbers); not the optimizer's count, which
+        # restarts when the kar/coco branch joins (_reset_optimizer).
+        step = int(self.epoch.numpy()) * steps_per_epoch + int(self.epoch_step.numpy())
         every = cfg.train.checkpoint_every_steps
         while int(self.epoch.numpy()) < cfg.train.epochs:
             epoch = int(self.epoch.numpy()) + 1
