@@ -264,17 +264,22 @@ class _FakeAssets:
         return decoder
 
 
+# The coco section of configs/beauty_*.yaml: text-space scoring, L_r on the branch only.
+SHIPPED_COCO = ["coco.text_score=true", "coco.rec_to_backbone=false", "coco.branch_penalty=1.0"]
+
+
 @pytest.mark.parametrize("backbone,method", [(b, m) for b in NEW for m in ("coco", "kar")])
 def test_coco_and_kar_wrap_every_backbone(backbone, method):
-    """CoCo and KAR take the backbone by name, unchanged (build_model, as the Trainer does):
-    a few Adam steps on a synthetic batch, every loss finite, the backbone's encoder learns."""
+    """CoCo and KAR, as the shipped configs set them, take the backbone by name, unchanged (build_model,
+    as the Trainer does): a few Adam steps on a synthetic batch, every loss finite, the backbone's encoder
+    learns (from its own objective: L_r trains the branch only)."""
     from coco_tf.methods.factory import build_model
 
     tf.keras.utils.set_random_seed(6)
     data = generate_synthetic(num_users=16, num_items=40, min_len=5, max_len=8, seed=6)
     cfg = load_config(overrides=TINY + [f"model.backbone={backbone}", f"coco.method={method}",
                                         "coco.codebook_size=8", "coco.max_prompts=3", "coco.threshold=0.0",
-                                        "llm.lora_rank=4", "train.loss=in_batch"])
+                                        "llm.lora_rank=4", "train.loss=in_batch", *SHIPPED_COCO])
     model = build_model(cfg, data.num_items, _FakeAssets(data.num_items), attributes=data.attributes)
     assert type(model.backbone) is get_backbone(backbone)
     hist = np.zeros((16, 7), np.int64)
@@ -295,5 +300,6 @@ def test_coco_and_kar_wrap_every_backbone(backbone, method):
         assert all(np.isfinite(float(v)) for v in metrics.values()), metrics
     block = {v.ref() for v in model.backbone.blocks[0].trainable_variables}
     encoder = [g for g, v in zip(grads, variables) if v.ref() in block]
-    assert encoder and all(g is not None for g in encoder)  # L_r and the backbone's own L_aux reach it
-    assert model({"history": features["history"]}).shape == (16, 16)
+    assert encoder and all(g is not None for g in encoder)  # the backbone's own objective reaches it
+    # the two-tower user vector [h_user ; q_u]: d = 16 id-space dims, then the 64 text-space ones
+    assert model({"history": features["history"]}).shape == (16, 16 + 64)

@@ -86,6 +86,21 @@ def test_shipped_configs_load():
         load_config(path, ["data.path=/tmp/anywhere"])
 
 
+@pytest.mark.parametrize("backbone", ["bert4rec", "fdsa", "pinnerformer", "s3rec"])
+def test_backbone_configs_differ_from_sasrecs_in_the_model_only(backbone):
+    """`--config configs/beauty_<backbone>.yaml --set coco.method=coco` is the shipped CoCo on that backbone:
+    every section but `model` (data, train, eval protocol, llm pretraining, coco) equals the SASRec file's."""
+    import dataclasses
+    import os
+
+    root = os.path.join(os.path.dirname(__file__), "..", "configs")
+    sasrec = load_config(os.path.join(root, "beauty_sasrec.yaml"), ["data.path=/tmp/anywhere"])
+    other = load_config(os.path.join(root, f"beauty_{backbone}.yaml"), ["data.path=/tmp/anywhere"])
+    assert other.model.backbone == backbone
+    for section in (f.name for f in dataclasses.fields(sasrec) if f.name != "model"):
+        assert getattr(other, section) == getattr(sasrec, section), section
+
+
 def test_retired_key_loads_old_run_configs_but_rejects_other_values(tmp_path):
     # config.yaml of runs written before train.mixed_precision was removed still holds it (False).
     old_run = tmp_path / "config.yaml"
