@@ -98,15 +98,30 @@ def test_grid_trains_reports_skips_and_plots(tmp_path):
 
     run = load_run(str(run_dir))
     one_hot = np.eye(run.dataset.num_items + 1, dtype=np.float32)
-    assert probe(run, one_hot, "test")[(1, 0.0)]["R@10"] == pytest.approx(recorded["recall@10"], abs=1e-6)
+    assert probe(run, one_hot, "test")[(1, 0.5, 0.0)]["R@10"] == pytest.approx(recorded["recall@10"], abs=1e-6)
     excluded = Evaluator(run.model, run.cfg.eval.ks, run.cfg.data.max_len, 64, exclude_history=True)
-    assert probe(run, one_hot, "test", exclude_history=True)[(1, 0.0)]["R@10"] == pytest.approx(
+    assert probe(run, one_hot, "test", exclude_history=True)[(1, 0.5, 0.0)]["R@10"] == pytest.approx(
         excluded.evaluate(run.split.test)["recall@10"], abs=1e-6)
     no_self = probe(run, one_hot, "test", no_self=True)
-    assert all(v == no_self[(1, 0.0)] for v in no_self.values())
+    assert all(v == no_self[(1, 0.5, 0.0)] for v in no_self.values())
     # A second call trains nothing: every run has its metrics.json.
     again = _cli("--grid", grid_path, "--out_dir", str(out))
     assert again.returncode == 0 and again.stdout.count("done, skipped") == 4, again.stdout
+
+
+def test_text_probe_history_query_against_numpy():
+    """The probe's q_u: the newest L valid rows (padding anywhere), weighted ρ^k from the newest, normalised."""
+    from coco_tf.experiments.text_probe import history_query
+
+    rng = np.random.default_rng(3)
+    rows = rng.normal(size=(9, 5)).astype(np.float32)
+    padded = np.array([[0, 0, 4, 2, 7], [3, 0, 5, 0, 0]], np.int64)
+    for window, decay in ((3, 1.0), (2, 0.7), (5, 0.5)):
+        got = history_query(padded, rows, window, decay)
+        for u, ids in enumerate(([4, 2, 7], [3, 5])):
+            newest = ids[::-1][:window]
+            want = sum(decay ** k * rows[i] for k, i in enumerate(newest))
+            np.testing.assert_allclose(got[u], want / np.linalg.norm(want), rtol=1e-5, atol=1e-6)
 
 
 def test_grids_sharing_out_dir_share_equal_cells_and_keep_their_own_reports(tmp_path):
