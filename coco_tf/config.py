@@ -222,6 +222,12 @@ class CoCoConfig:
         "kar/coco base stage: evaluations without a better validation NDCG@10 that end it (Beauty plateaus "
         "with ±0.001 noise: 2 ended the stage at epoch 18 of a model still gaining until 25)",
     )
+    branch_patience: int = _field(
+        4,
+        "kar/coco: evaluations without a better validation NDCG@10 that end training once the LLM branch "
+        "trains (after the base stage or coco.init_from); 0: train.early_stopping_patience governs the branch "
+        "too. The branch peaks within its first 1-3 epochs on Beauty and then declines (docs/results.md §11)",
+    )
     init_from: str = _field(
         "",
         "kar/coco: a finished base run's model_dir; its best checkpoint's backbone and item table start "
@@ -548,7 +554,8 @@ def validate(cfg: Config) -> None:
                        ("runtime.ps_shards", cfg.runtime.ps_shards),
                        ("runtime.cluster_connect_timeout", cfg.runtime.cluster_connect_timeout),
                        ("coco.num_shared_prompts", cfg.coco.num_shared_prompts),
-                       ("coco.branch_epochs", cfg.coco.branch_epochs), ("coco.usage_weight", cfg.coco.usage_weight),
+                       ("coco.branch_epochs", cfg.coco.branch_epochs),
+                       ("coco.branch_patience", cfg.coco.branch_patience), ("coco.usage_weight", cfg.coco.usage_weight),
                        ("coco.branch_penalty", cfg.coco.branch_penalty)):
         if value < 0:
             raise ConfigError(f"config key '{key}': must be >= 0, got {value}")

@@ -234,3 +234,42 @@ def test_branch_joins_with_a_fresh_optimizer(tmp_path):
     assert float(theta.numpy()) == 0.0
     trainer._train_step(batches[0])
     assert abs(float(theta.numpy())) == pytest.approx(cfg.train.learning_rate, rel=1e-3)
+
+
+def test_branch_patience_governs_the_branch_only(tmp_path):
+    """coco.branch_patience ends a kar/coco run once its LLM branch trains; the base method and a
+    kar/coco base stage keep train.early_stopping_patience (and 0 hands the branch back to it)."""
+    base = _trainer(tmp_path, "base", "coco.method=base", "train.early_stopping_patience=10")
+    assert base._patience() == 10
+    coco = _trainer(tmp_path, "coco", "coco.method=coco", "train.early_stopping_patience=10", epochs=30)
+    assert coco.in_base_stage() and coco._patience() == 10
+    coco.branch_joined.assign(True)
+    assert coco._patience() == 4  # the default
+    coco.stale_evals.assign(3)
+    assert not coco._out_of_patience()
+    coco.stale_evals.assign(4)
+    assert coco._out_of_patience()
+    off = _trainer(tmp_path, "off", "coco.method=kar", "coco.base_epochs=0", "coco.branch_patience=0",
+                   "train.early_stopping_patience=10")
+    assert not off.in_base_stage() and off._patience() == 10
+    with pytest.raises(ConfigError, match="coco.branch_patience"):
+        load_config(overrides=["coco.branch_patience=-1"])
+
+
+def test_branch_stops_after_branch_patience_stale_evaluations(tmp_path):
+    """End to end: the run stops at the first branch epoch that leaves validation stale for
+    coco.branch_patience evaluations, replayed here from history.json."""
+    trainer = _trainer(tmp_path, "coco", "coco.method=coco", "coco.base_epochs=1", "coco.branch_patience=1",
+                       "train.early_stopping_patience=0", epochs=5)
+    result = trainer.run()
+    history = json.load(open(tmp_path / "coco" / "history.json"))
+    best, expected = -1.0, 5
+    for r in history:
+        score = r["valid"]["ndcg@10"]
+        stale = score <= best
+        best = max(best, score)
+        if r["epoch"] > 1 and stale:  # a branch epoch without a better validation: patience 1 is spent
+            expected = r["epoch"]
+            break
+    assert expected < 5  # on this seed the branch does stall before the budget: the stop is exercised
+    assert result["epochs_run"] == len(history) == expected

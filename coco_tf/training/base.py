@@ -219,7 +219,19 @@ class TrainerBase:
                 + f"  (best {SELECTION_METRIC}={float(self.best_score.numpy()):.4f})",
                 flush=True,
             )
-        patience = cfg.train.early_stopping_patience
+        return self._out_of_patience()
+
+    def _patience(self) -> int:
+        """Evaluations without a better validation NDCG@10 that end the run: ``coco.branch_patience``
+        once a kar/coco LLM branch trains (after the join or ``coco.init_from``; 0: not set), else
+        ``train.early_stopping_patience`` (0: never)."""
+        cfg = self.cfg
+        if cfg.coco.method != "base" and cfg.coco.branch_patience > 0 and not self.in_base_stage():
+            return cfg.coco.branch_patience
+        return cfg.train.early_stopping_patience
+
+    def _out_of_patience(self) -> bool:
+        patience = self._patience()
         return patience > 0 and int(self.stale_evals.numpy()) >= patience
 
     def in_base_stage(self) -> bool:
@@ -314,8 +326,8 @@ class TrainerBase:
         path = os.path.join(self.model_dir, "metrics.json")
         if not self.manager.latest_checkpoint or not os.path.exists(path) or int(self.epoch_step.numpy()):
             return None
-        epoch, patience = int(self.epoch.numpy()), self.cfg.train.early_stopping_patience
-        if not (epoch >= self.cfg.train.epochs or (patience > 0 and int(self.stale_evals.numpy()) >= patience)):
+        epoch = int(self.epoch.numpy())
+        if not (epoch >= self.cfg.train.epochs or self._out_of_patience()):
             return None
         try:
             with open(path) as fh:
