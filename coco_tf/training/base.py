@@ -231,6 +231,7 @@ class TrainerBase:
         return cfg.train.early_stopping_patience
 
     def _out_of_patience(self) -> bool:
+        """Whether the stale evaluations have reached :meth:`_patience` (the run stops)."""
         patience = self._patience()
         return patience > 0 and int(self.stale_evals.numpy()) >= patience
 
