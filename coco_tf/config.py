@@ -226,7 +226,7 @@ class CoCoConfig:
         4,
         "kar/coco: evaluations without a better validation NDCG@10 that end training once the LLM branch "
         "trains (after the base stage or coco.init_from); 0: train.early_stopping_patience governs the branch "
-        "too. The branch peaks within its first 1-3 epochs on Beauty and then declines (docs/results.md §11)",
+        "too. The branch peaks within its first 1-4 epochs on Beauty and then declines (docs/results.md §11)",
     )
     init_from: str = _field(
         "",

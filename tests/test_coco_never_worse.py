@@ -237,12 +237,14 @@ def test_branch_joins_with_a_fresh_optimizer(tmp_path):
 
 
 def test_branch_patience_governs_the_branch_only(tmp_path):
-    """coco.branch_patience ends a kar/coco run once its LLM branch trains; the base method and a
-    kar/coco base stage keep train.early_stopping_patience (and 0 hands the branch back to it)."""
+    """One patience per stage: coco.base_patience ends a kar/coco base stage, coco.branch_patience the
+    run once its LLM branch trains (0 hands the branch to train.early_stopping_patience), and the base
+    method keeps train.early_stopping_patience."""
     base = _trainer(tmp_path, "base", "coco.method=base", "train.early_stopping_patience=10")
     assert base._patience() == 10
-    coco = _trainer(tmp_path, "coco", "coco.method=coco", "train.early_stopping_patience=10", epochs=30)
-    assert coco.in_base_stage() and coco._patience() == 10
+    coco = _trainer(tmp_path, "coco", "coco.method=coco", "train.early_stopping_patience=10", "coco.base_patience=3",
+                    epochs=30)
+    assert coco.in_base_stage() and coco._patience() == 3  # the base stage ends on its own patience (a join)
     coco.branch_joined.assign(True)
     assert coco._patience() == 4  # the default
     coco.stale_evals.assign(3)

@@ -222,16 +222,19 @@ class TrainerBase:
         return self._out_of_patience()
 
     def _patience(self) -> int:
-        """Evaluations without a better validation NDCG@10 that end the run: ``coco.branch_patience``
-        once a kar/coco LLM branch trains (after the join or ``coco.init_from``; 0: not set), else
+        """Evaluations without a better validation NDCG@10 that end the current stage: in a kar/coco
+        base stage ``coco.base_patience`` (the branch then joins), once a kar/coco LLM branch trains
+        (after the join or ``coco.init_from``) ``coco.branch_patience`` (0: not set), else
         ``train.early_stopping_patience`` (0: never)."""
         cfg = self.cfg
-        if cfg.coco.method != "base" and cfg.coco.branch_patience > 0 and not self.in_base_stage():
+        if self.in_base_stage():
+            return cfg.coco.base_patience
+        if cfg.coco.method != "base" and cfg.coco.branch_patience > 0:
             return cfg.coco.branch_patience
         return cfg.train.early_stopping_patience
 
     def _out_of_patience(self) -> bool:
-        """Whether the stale evaluations have reached :meth:`_patience` (the run stops)."""
+        """Whether the stale evaluations have reached :meth:`_patience` (the stage ends)."""
         patience = self._patience()
         return patience > 0 and int(self.stale_evals.numpy()) >= patience
 
@@ -265,7 +268,7 @@ class TrainerBase:
         cfg = self.cfg
         if not self.in_base_stage():
             return
-        if epoch < self.base_stage and int(self.stale_evals.numpy()) < cfg.coco.base_patience:
+        if epoch < self.base_stage and not self._out_of_patience():
             return
         best = self.best_manager.latest_checkpoint
         if best:
